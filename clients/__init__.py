@@ -1,0 +1,1 @@
+"""fedlr's Flower ClientApp (method-agnostic) — installed as ``fedlr.clients``."""

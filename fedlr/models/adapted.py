@@ -1,0 +1,85 @@
+"""A base model with a method's adapters injected, and the bookkeeping of which tensors travel."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from fedlr.adapters import adapter_layers, inject_adapters
+from fedlr.config import ConfigError, Experiment
+from fedlr.methods import MethodSpec, get_method
+from fedlr.models import head_modules, load_base_model, model_skeleton
+
+
+@dataclass
+class AdaptedModel:
+    model: nn.Module
+    spec: MethodSpec
+    trained_keys: list[str]  # travel every round (down and up)
+    once_keys: list[str]  # frozen, reach each client once (Fed-SB's B and A)
+    head_keys: list[str]  # the trained non-adapter tensors (a subset of trained_keys)
+
+    def parameters_by_name(self) -> dict[str, nn.Parameter]:
+        return dict(self.model.named_parameters())
+
+    def state(self, keys: list[str]) -> dict[str, torch.Tensor]:
+        params = self.parameters_by_name()
+        return {k: params[k].detach().to("cpu", copy=True) for k in keys}
+
+    def trained_state(self) -> dict[str, torch.Tensor]:
+        return self.state(self.trained_keys)
+
+    def once_state(self) -> dict[str, torch.Tensor]:
+        return self.state(self.once_keys)
+
+    @torch.no_grad()
+    def load(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        params = self.parameters_by_name()
+        for key, value in tensors.items():
+            params[key].copy_(value)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        params = self.parameters_by_name()
+        return [params[k] for k in self.trained_keys]
+
+
+def build_adapted_model(exp: Experiment, num_labels: int, *, meta: bool = False) -> AdaptedModel:
+    """The base model (pretrained, or a meta-device skeleton) with ``exp.method``'s adapters."""
+    spec = get_method(exp.method.name)
+    if meta:
+        model = model_skeleton(exp.model, num_labels)
+    else:
+        model = load_base_model(exp.model, num_labels, exp.seed)
+    if spec.adapter is not None:
+        _check_rank(model, exp)
+        inject_adapters(model, exp.model.targets, spec.adapter, exp.method.rank, exp.method.scale, exp.seed)
+    head_prefixes = tuple(f"{name}." for name, _ in head_modules(model))
+    trained, once, head = [], [], []
+    for name, param in model.named_parameters():
+        is_trained = spec.is_trained(name, exp.method.train_head, head_prefixes)
+        param.requires_grad_(is_trained)
+        if is_trained:
+            trained.append(name)
+            if name.startswith(head_prefixes):
+                head.append(name)
+        elif spec.is_broadcast_once(name):
+            once.append(name)
+    return AdaptedModel(model, spec, trained, once, head)
+
+
+def _check_rank(model: nn.Module, exp: Experiment) -> None:
+    targets = set(exp.model.targets)
+    for path, module in model.named_modules():
+        if path.rsplit(".", 1)[-1] in targets and isinstance(module, nn.Linear):
+            limit = min(module.in_features, module.out_features)
+            if exp.method.rank > limit:
+                raise ConfigError(
+                    f"method.rank: {exp.method.rank} exceeds min(d_in, d_out) = {limit} of layer {path}"
+                )
+
+
+def adapter_paths(adapted: AdaptedModel) -> list[str]:
+    return sorted(adapter_layers(adapted.model))

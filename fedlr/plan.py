@@ -1,0 +1,74 @@
+"""The communication plan of an experiment, before any training: what each client sends and
+receives per round and in total, counted on the meta device (no weights) with the same wire
+formula the ledger's records obey (``fedlr.wire``)."""
+
+from __future__ import annotations
+
+from fedlr.config import Experiment
+from fedlr.models.adapted import adapter_paths, build_adapted_model
+from fedlr.sampling import sample_clients
+from fedlr.wire import record_wire_bytes
+
+
+def communication_plan(exp: Experiment, num_labels: int) -> dict:
+    adapted = build_adapted_model(exp, num_labels, meta=True)
+    params = adapted.parameters_by_name()
+
+    def entries(keys):
+        return [(k, params[k].numel()) for k in keys]
+
+    head = set(adapted.head_keys)
+    adapter_keys = [k for k in adapted.trained_keys if k not in head]
+    uplink_params = sum(n for _, n in entries(adapter_keys))
+    head_params = sum(n for _, n in entries(adapted.head_keys))
+    per_round_bytes = record_wire_bytes(entries(adapted.trained_keys))
+    fed = exp.federation
+
+    federated_sb_init = exp.method.name == "fed_sb" and exp.method.init == "federated"
+    once_bytes = record_wire_bytes(entries(adapted.once_keys)) if federated_sb_init else 0
+    init_uplink = 0
+    if federated_sb_init:
+        grads = [(f"{p}.base.weight", params[f"{p}.base.weight"].numel()) for p in adapter_paths(adapted)]
+        init_uplink = fed.clients_per_round * record_wire_bytes(grads)
+    participants = set()
+    for rnd in range(1, fed.num_rounds + 1):
+        participants.update(sample_clients(exp.seed, rnd, fed.num_clients, fed.clients_per_round))
+    client_rounds = fed.num_rounds * fed.clients_per_round
+    total_up = client_rounds * per_round_bytes + init_uplink
+    total_down = client_rounds * per_round_bytes + len(participants) * once_bytes
+    return {
+        "method": exp.method.name,
+        "rank": exp.method.rank if adapted.spec.adapter else None,
+        "targets": list(exp.model.targets),
+        "num_rounds": fed.num_rounds,
+        "num_clients": fed.num_clients,
+        "clients_per_round": fed.clients_per_round,
+        "uplink_params_per_client": uplink_params,
+        "head_params": head_params,
+        "downlink_params": uplink_params + head_params,
+        "uplink_bytes_per_client": per_round_bytes,
+        "downlink_bytes": per_round_bytes,
+        "once_downlink_bytes_per_client": once_bytes,
+        "distinct_participants": len(participants),
+        "init_uplink_bytes": init_uplink,
+        "total_uplink_bytes": total_up,
+        "total_downlink_bytes": total_down,
+        "total_bytes": total_up + total_down,
+        "exact_aggregation": adapted.spec.exact,
+    }
+
+
+def format_plan(plan: dict) -> str:
+    mib = 2**20
+    lines = [
+        f"method {plan['method']}, rank {plan['rank']}, targets {plan['targets']}",
+        f"{plan['num_rounds']} rounds x {plan['clients_per_round']} of {plan['num_clients']} clients",
+        f"per client per round: up {plan['uplink_params_per_client']:,} adapter + {plan['head_params']:,} head params "
+        f"= {plan['uplink_bytes_per_client']:,} bytes; down {plan['downlink_bytes']:,} bytes",
+    ]
+    if plan["init_uplink_bytes"] or plan["once_downlink_bytes_per_client"]:
+        lines.append(f"init round: up {plan['init_uplink_bytes']:,} bytes; frozen factors once per client: "
+                     f"{plan['once_downlink_bytes_per_client']:,} bytes x {plan['distinct_participants']} clients")
+    lines.append(f"whole run: up {plan['total_uplink_bytes'] / mib:.2f} MiB, down {plan['total_downlink_bytes'] / mib:.2f} MiB, "
+                 f"total {plan['total_bytes'] / mib:.2f} MiB ({plan['total_bytes']:,} bytes)")
+    return "\n".join(lines)

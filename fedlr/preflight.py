@@ -1,0 +1,21 @@
+"""Checks run before any work or any file is written: every problem a config can have that we can
+see without training (unknown method or target module, rank too large, missing data file, more
+clients than the data can split into) raises ``ConfigError`` naming the field."""
+
+from __future__ import annotations
+
+from fedlr.config import Experiment
+from fedlr.data.corpora import NATURAL_ID, load_table
+from fedlr.data.partition import partition_rows, split_test
+from fedlr.methods import get_method
+from fedlr.models.adapted import build_adapted_model
+
+
+def preflight(exp: Experiment) -> int:
+    """Validate ``exp`` end to end on the meta device; return the number of labels."""
+    get_method(exp.method.name)
+    table, names = load_table(exp.data)
+    train, _ = split_test(table, exp.data, exp.seed)
+    partition_rows(table, train, exp.data, NATURAL_ID.get(exp.data.dataset), exp.federation.num_clients, exp.seed)
+    build_adapted_model(exp, len(names), meta=True)
+    return len(names)

@@ -1,0 +1,70 @@
+"""A run directory::
+
+    runs/<name>/
+      config.toml      the resolved experiment (every default filled in)
+      seeds.json       the experiment seed and how each random stream derives from it
+      ledger.jsonl     one JSON object per round (round 0: init + initial evaluation)
+      summary.json     final figures
+      model/           the final adapters as a standard PEFT checkpoint
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from fedlr.config import Experiment, to_toml
+
+SEED_STREAMS = {
+    "client sampling": "derive_seed(seed, 'sample', round)",
+    "test split": "derive_seed(seed, 'test-split')",
+    "partitioning": "derive_seed(seed, 'partition-shuffle') (+ 'dirichlet')",
+    "local val split": "derive_seed(seed, 'local-split', partition_id)",
+    "classification head init": "derive_seed(seed, 'head', module)",
+    "adapter init": "derive_seed(seed, 'adapter', layer_path)",
+    "batch order": "derive_seed(seed, 'batches', round, partition_id)",
+    "dropout": "derive_seed(seed, 'dropout', round, partition_id)",
+}
+
+
+class RunDir:
+    def __init__(self, path: Path):
+        self.path = path
+
+    @classmethod
+    def create(cls, exp: Experiment, default_name: str) -> "RunDir":
+        root = Path(exp.output.dir)
+        name = exp.output.name or f"{default_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        path = root / name
+        suffix = 1
+        while path.exists():
+            suffix += 1
+            path = root / f"{name}-{suffix}"
+        path.mkdir(parents=True)
+        run = cls(path)
+        (path / "config.toml").write_text(to_toml(exp))
+        (path / "seeds.json").write_text(json.dumps({"seed": exp.seed, "streams": SEED_STREAMS}, indent=2) + "\n")
+        return run
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.path / "ledger.jsonl"
+
+    def append(self, row: dict) -> None:
+        with self.ledger_path.open("a") as f:
+            f.write(json.dumps(row, sort_keys=True) + "\n")
+
+    def write_summary(self, summary: dict) -> None:
+        (self.path / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+
+    @property
+    def model_dir(self) -> Path:
+        return self.path / "model"
+
+
+def read_ledger(path: Path | str) -> list[dict]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "ledger.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

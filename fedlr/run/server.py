@@ -1,0 +1,75 @@
+"""The ServerApp: builds the server's workbench (central evaluation and the initial state), the
+method's strategy, runs the rounds, writes the ledger, the summary and the exported model."""
+
+from __future__ import annotations
+
+import time
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedlr.adapters.export import export_model
+from fedlr.config import Experiment
+from fedlr.models.adapted import adapter_paths
+from fedlr.results import RunDir
+from fedlr.results.console import Console
+from fedlr.strategies import RoundReport, strategy_class
+from fedlr.workbench import get_workbench
+
+
+def run_server(grid: Grid, exp: Experiment, run_dir: RunDir, console: Console) -> dict:
+    started = time.perf_counter()
+    bench = get_workbench(exp)
+    adapted = bench.adapted
+    params = adapted.parameters_by_name()
+    target_weights = {
+        f"{p}.base.weight": (tuple(params[f"{p}.base.weight"].shape), params[f"{p}.base.weight"].dtype)
+        for p in adapter_paths(adapted)
+    }
+    rows: list[dict] = []
+
+    def evaluate(state, once):
+        res = bench.central_eval(state, once)
+        return res.loss, res.accuracy
+
+    def on_round(report: RoundReport) -> None:
+        row = report.to_dict()
+        rows.append(row)
+        run_dir.append(row)
+        console.round(row)
+
+    strategy = strategy_class(exp.method.name)(
+        exp, adapted.spec, adapted.trained_state(), {}, target_weights,
+        evaluate=evaluate if exp.evaluation.central else None, on_round=on_round,
+    )
+    console.header()
+    final_state = strategy.run(grid, exp.federation.num_rounds)
+    bench.load(strategy.once_state, final_state)
+    if exp.output.export_peft:
+        export_model(bench, run_dir.model_dir)
+    accs = [r["eval_accuracy"] for r in rows if r["eval_accuracy"] is not None]
+    last = rows[-1]
+    summary = {
+        "method": exp.method.name, "rank": exp.method.rank, "num_rounds": exp.federation.num_rounds,
+        "num_clients": exp.federation.num_clients, "clients_per_round": exp.federation.clients_per_round,
+        "final_accuracy": accs[-1] if accs else None, "best_accuracy": max(accs) if accs else None,
+        "majority_rate": bench.data.majority_rate(), "test_examples": len(bench.data.central_test_rows),
+        "uplink_bytes": last["cumulative_uplink_bytes"], "downlink_bytes": last["cumulative_downlink_bytes"],
+        "total_bytes": last["cumulative_bytes"], "trained_params": sum(v.numel() for v in final_state.values()),
+        "failed_client_rounds": sum(r["clients_failed"] for r in rows),
+        "rejected_updates": sum(r["clients_rejected"] for r in rows),
+        "wall_time_s": round(time.perf_counter() - started, 3), "run_dir": str(run_dir.path),
+    }
+    run_dir.write_summary(summary)
+    console.summary(summary)
+    return summary
+
+
+def make_server_app(exp: Experiment, run_dir: RunDir, console: Console, result: dict) -> ServerApp:
+    """A ServerApp bound to one experiment; the summary lands in ``result``."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        result.update(run_server(grid, exp, run_dir, console))
+
+    return app

@@ -1,0 +1,60 @@
+"""Simulation on Flower's simulation engine (Ray backend): N virtual SuperNodes, the object store
+capped, telemetry off, client resources from the experiment."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from fedlr.config import Experiment
+from fedlr.results import RunDir
+from fedlr.results.console import Console
+
+OBJECT_STORE_BYTES = 512 * 2**20
+
+
+def quiet_environment() -> None:
+    """Environment for Flower and Ray set before either starts (workers inherit it)."""
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def backend_config(exp: Experiment) -> dict:
+    fed = exp.federation
+    import torch
+
+    gpus = torch.cuda.device_count() if fed.num_gpus > 0 else 0
+    if fed.num_gpus > 0 and gpus == 0:
+        logging.getLogger("fedlr").warning("federation.num_gpus > 0 but no GPU is visible; clients run on the CPU")
+    return {
+        "client_resources": {"num_cpus": fed.num_cpus, "num_gpus": fed.num_gpus if gpus else 0.0},
+        "init_args": {
+            "num_cpus": fed.ray_num_cpus or os.cpu_count() or 1, "num_gpus": gpus,
+            "include_dashboard": False, "object_store_memory": OBJECT_STORE_BYTES,
+            "logging_level": logging.ERROR, "log_to_driver": True,
+        },
+    }
+
+
+def simulate(exp: Experiment, run_dir: RunDir, console: Console) -> dict:
+    """Run ``exp`` with ``num_clients`` simulated clients; returns the summary."""
+    quiet_environment()
+    from flwr.common.logger import FLOWER_LOGGER
+    from flwr.simulation import run_simulation
+
+    from fedlr.clients.app import app as client_app
+    from fedlr.run.server import make_server_app
+
+    FLOWER_LOGGER.setLevel(logging.ERROR)  # client failures still show; fedlr logs its own warnings
+    result: dict = {}
+    run_simulation(
+        server_app=make_server_app(exp, run_dir, console, result), client_app=client_app,
+        num_supernodes=exp.federation.num_clients, backend_name="ray", backend_config=backend_config(exp),
+        verbose_logging=False,
+    )
+    if not result:
+        raise RuntimeError("the simulation ended without a result (see the log above)")
+    return result

@@ -1,0 +1,13 @@
+"""One Flower strategy per method, thin: decode, validate, call the method's pure aggregation,
+encode. Installed as ``fedlr.strategies``."""
+
+from fedlr.strategies.base import FedLRStrategy, RoundReport
+from fedlr.strategies.fed_sb import FedSBStrategy
+
+
+def strategy_class(method_name: str) -> type[FedLRStrategy]:
+    """Fed-SB adds its federated init round; FedIT, FFA-LoRA and full FT need only the base."""
+    return FedSBStrategy if method_name == "fed_sb" else FedLRStrategy
+
+
+__all__ = ["FedLRStrategy", "FedSBStrategy", "RoundReport", "strategy_class"]

@@ -1,0 +1,203 @@
+"""The FedAvg-family strategy every fedlr method runs on (Flower Message API, 1.39/1.41).
+
+It subclasses ``flwr.serverapp.strategy.FedAvg`` and overrides
+- ``configure_train``: clients sampled from the experiment seed over partition ids; each message
+  carries the global trained tensors and, on a client's first participation, the tensors the
+  method broadcasts once (Fed-SB's B and A);
+- ``aggregate_train``: drops error replies, sorts the rest by partition id, rejects malformed
+  updates (missing/extra keys, wrong shape or dtype, NaN/Inf) with a logged reason, and calls the
+  method's pure ``aggregate``;
+- ``start``: fedlr's round loop (enrollment, an optional init round, rounds, central evaluation,
+  one ``RoundReport`` per round for the ledger).
+Bytes are counted from the ArrayRecords actually sent and received (``ArrayRecord.count_bytes``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterable
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from fedlr.config import Experiment
+from fedlr.methods import MethodSpec
+from fedlr.run.records import PARTITION_KEY, experiment_config, from_record, to_record
+from fedlr.sampling import sample_clients
+from fedlr.validation import expected_of, update_problem
+
+log = logging.getLogger("fedlr")
+State = dict[str, torch.Tensor]
+
+
+@dataclass
+class RoundReport:
+    """One ledger row."""
+
+    round: int
+    clients_sampled: list[int]
+    clients_replied: int = 0
+    clients_failed: int = 0
+    clients_rejected: int = 0
+    failures: list[dict] = field(default_factory=list)
+    train_loss: float | None = None
+    client_val_accuracy: float | None = None
+    eval_loss: float | None = None
+    eval_accuracy: float | None = None
+    uplink_bytes: int = 0
+    downlink_bytes: int = 0
+    cumulative_uplink_bytes: int = 0
+    cumulative_downlink_bytes: int = 0
+    cumulative_bytes: int = 0
+    wall_time_s: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class FedLRStrategy(FedAvg):
+    def __init__(self, exp: Experiment, spec: MethodSpec, state: State, once_state: State,
+                 target_weights: dict[str, tuple[tuple[int, ...], torch.dtype]],
+                 evaluate: Callable[[State, State], tuple[float, float]] | None = None,
+                 on_round: Callable[[RoundReport], None] | None = None):
+        fed = exp.federation
+        super().__init__(
+            fraction_train=fed.clients_per_round / fed.num_clients, fraction_evaluate=0.0,
+            min_train_nodes=fed.clients_per_round, min_evaluate_nodes=0, min_available_nodes=fed.num_clients,
+        )
+        self.exp = exp
+        self.spec = spec
+        self.state = state
+        self.once_state = once_state
+        self.target_weights = target_weights  # "<layer>.base.weight" -> (shape, dtype), for init rounds
+        self.evaluate = evaluate
+        self.on_round = on_round or (lambda report: None)
+        self.node_of: dict[int, int] = {}  # partition id -> Flower node id
+        self.has_once: set[int] = set()  # partition ids that already hold the once-broadcast tensors
+        self.report: RoundReport | None = None
+        self._totals = [0, 0]
+
+    # ---------------------------------------------------------------- enrollment
+    def enroll(self, grid: Grid) -> None:
+        """Wait for every client, send it the experiment, learn its partition id."""
+        want = self.exp.federation.num_clients
+        deadline = time.monotonic() + self.exp.federation.round_timeout_s
+        while len(node_ids := list(grid.get_node_ids())) < want:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"only {len(node_ids)} of {want} clients connected")
+            time.sleep(0.5)
+        content = RecordDict({"config": experiment_config(self.exp.to_json())})
+        msgs = [Message(content, dst_node_id=n, message_type=MessageType.QUERY) for n in node_ids]
+        for reply in grid.send_and_receive(msgs, timeout=self.exp.federation.round_timeout_s):
+            if reply.has_error():
+                raise RuntimeError(f"client enrollment failed: {reply.error.reason}")
+            pid = int(reply.content["metrics"][PARTITION_KEY])
+            self.node_of[pid] = reply.metadata.src_node_id
+        missing = sorted(set(range(want)) - set(self.node_of))
+        if missing:
+            raise RuntimeError(f"no client reported partition ids {missing}")
+
+    # ---------------------------------------------------------------- hooks
+    def initialize(self, grid: Grid, report: RoundReport) -> None:
+        """Round 0 work before training; the base methods need none."""
+
+    # ---------------------------------------------------------------- train
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        fed = self.exp.federation
+        pids = sample_clients(self.exp.seed, server_round, fed.num_clients, fed.clients_per_round)
+        self.report.clients_sampled = pids
+        messages = []
+        for pid in pids:
+            content = RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": server_round})})
+            self.report.downlink_bytes += arrays.count_bytes()
+            if self.once_state and pid not in self.has_once:
+                once = to_record(self.once_state)
+                content["once"] = once
+                self.report.downlink_bytes += once.count_bytes()
+                self.has_once.add(pid)
+            messages.append(Message(content, dst_node_id=self.node_of[pid], message_type=MessageType.TRAIN))
+        return messages
+
+    def collect(self, replies: Iterable[Message], array_key: str, expected) -> list[tuple[int, State, MetricRecord]]:
+        """Valid replies as (partition id, tensors, metrics) sorted by partition id; failures and
+        rejections (``fedlr.validation.update_problem`` against ``expected``) go in the report."""
+        rep = self.report
+        accepted = []
+        for msg in replies:
+            if msg.has_error():
+                rep.clients_failed += 1
+                rep.failures.append({"node": msg.metadata.src_node_id, "kind": "error", "reason": msg.error.reason})
+                log.warning("round %d: client error: %s", rep.round, msg.error.reason)
+                continue
+            rep.clients_replied += 1
+            for rec in msg.content.array_records.values():
+                rep.uplink_bytes += rec.count_bytes()
+            metrics = msg.content["metrics"]
+            pid = int(metrics.get(PARTITION_KEY, -1))
+            reason = None
+            try:
+                tensors = from_record(msg.content[array_key])
+                reason = update_problem(tensors, expected)
+                weight = float(metrics["num-examples"])
+                if not weight > 0:
+                    reason = reason or f"num-examples {weight} is not positive"
+            except Exception as e:  # malformed payload
+                reason = f"malformed reply: {e}"
+            if reason is not None:
+                rep.clients_rejected += 1
+                rep.failures.append({"partition": pid, "kind": "rejected", "reason": reason})
+                log.warning("round %d: rejected update from partition %d: %s", rep.round, pid, reason)
+                continue
+            accepted.append((pid, tensors, metrics))
+        accepted.sort(key=lambda t: t[0])
+        return accepted
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        accepted = self.collect(replies, "arrays", expected_of(self.state))
+        if not accepted:
+            log.warning("round %d: no valid update; the global state is unchanged", server_round)
+            return None, None
+        weights = [float(m["num-examples"]) for _, _, m in accepted]
+        self.state = self.spec.aggregate(self.state, [u for _, u, _ in accepted], weights)
+        self.report.train_loss = _weighted(accepted, "train_loss", "num-examples")
+        self.report.client_val_accuracy = _weighted(accepted, "val_accuracy", "val_examples")
+        return to_record(self.state), None
+
+    # ---------------------------------------------------------------- loop
+    def run(self, grid: Grid, num_rounds: int) -> State:
+        """Enroll, run round 0 (init + evaluation of the initial model), then ``num_rounds`` rounds."""
+        started = time.perf_counter()
+        self.enroll(grid)
+        for server_round in range(0, num_rounds + 1):
+            self.report = RoundReport(round=server_round, clients_sampled=[])
+            if server_round == 0:
+                self.initialize(grid, self.report)
+            else:
+                messages = self.configure_train(server_round, to_record(self.state), ConfigRecord(), grid)
+                replies = grid.send_and_receive(messages, timeout=self.exp.federation.round_timeout_s)
+                self.aggregate_train(server_round, replies)
+            if self.evaluate is not None:
+                self.report.eval_loss, self.report.eval_accuracy = self.evaluate(self.state, self.once_state)
+            self._totals[0] += self.report.uplink_bytes
+            self._totals[1] += self.report.downlink_bytes
+            self.report.cumulative_uplink_bytes, self.report.cumulative_downlink_bytes = self._totals
+            self.report.cumulative_bytes = sum(self._totals)
+            self.report.wall_time_s = round(time.perf_counter() - started, 3)
+            self.on_round(self.report)
+        return self.state
+
+    def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3, **kwargs):
+        """Flower's entry point, routed to ``run`` (fedlr keeps its own state and ledger)."""
+        self.state = from_record(initial_arrays)
+        return self.run(grid, num_rounds)
+
+
+def _weighted(accepted, key: str, weight_key: str) -> float | None:
+    pairs = [(float(m[key]), float(m[weight_key])) for _, _, m in accepted if key in m and weight_key in m]
+    total = sum(w for _, w in pairs)
+    return sum(v * w for v, w in pairs) / total if total > 0 else None
