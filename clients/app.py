@@ -61,7 +61,6 @@ def train(msg: Message, context: Context) -> Message:
     server_round = int(msg.content["config"]["server-round"])
     global_state = from_record(msg.content["arrays"])
     update, metrics = get_workbench(exp).client_round(_partition_id(context), server_round, global_state, once)
-    metrics[PARTITION_KEY] = _partition_id(context)
     content = RecordDict({"arrays": to_record(update), "metrics": MetricRecord(metrics)})
     return Message(content, reply_to=msg)
 

@@ -124,38 +124,45 @@ class FedLRStrategy(FedAvg):
         return messages
 
     def collect(self, replies: Iterable[Message], array_key: str, expected) -> list[tuple[int, State, MetricRecord]]:
-        """Valid replies as (partition id, tensors, metrics) sorted by partition id; failures and
-        rejections (``fedlr.validation.update_problem`` against ``expected``) go in the report."""
+        """Valid replies as (partition id, tensors, metrics) sorted by partition id. Error replies,
+        sampled clients that never replied (timeout) and rejected updates
+        (``fedlr.validation.update_problem`` against ``expected``) are recorded in the report."""
         rep = self.report
-        accepted = []
+        partition_of = {node: pid for pid, node in self.node_of.items()}
+        accepted, heard = [], set()
         for msg in replies:
+            pid = partition_of.get(msg.metadata.src_node_id, -1)
+            heard.add(pid)
             if msg.has_error():
-                rep.clients_failed += 1
-                rep.failures.append({"node": msg.metadata.src_node_id, "kind": "error", "reason": msg.error.reason})
-                log.warning("round %d: client error: %s", rep.round, msg.error.reason)
+                self._fail(pid, "error", msg.error.reason)
                 continue
             rep.clients_replied += 1
             for rec in msg.content.array_records.values():
                 rep.uplink_bytes += rec.count_bytes()
-            metrics = msg.content["metrics"]
-            pid = int(metrics.get(PARTITION_KEY, -1))
-            reason = None
             try:
+                metrics = msg.content["metrics"]
                 tensors = from_record(msg.content[array_key])
                 reason = update_problem(tensors, expected)
                 weight = float(metrics["num-examples"])
-                if not weight > 0:
-                    reason = reason or f"num-examples {weight} is not positive"
+                if reason is None and not weight > 0:
+                    reason = f"num-examples {weight} is not positive"
             except Exception as e:  # malformed payload
-                reason = f"malformed reply: {e}"
+                reason = f"malformed reply: {type(e).__name__}: {e}"
             if reason is not None:
                 rep.clients_rejected += 1
                 rep.failures.append({"partition": pid, "kind": "rejected", "reason": reason})
                 log.warning("round %d: rejected update from partition %d: %s", rep.round, pid, reason)
                 continue
             accepted.append((pid, tensors, metrics))
+        for pid in sorted(set(rep.clients_sampled) - heard):
+            self._fail(pid, "timeout", f"no reply within {self.exp.federation.round_timeout_s} s")
         accepted.sort(key=lambda t: t[0])
         return accepted
+
+    def _fail(self, pid: int, kind: str, reason: str) -> None:
+        self.report.clients_failed += 1
+        self.report.failures.append({"partition": pid, "kind": kind, "reason": reason})
+        log.warning("round %d: client %d failed (%s): %s", self.report.round, pid, kind, reason)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
         accepted = self.collect(replies, "arrays", expected_of(self.state))

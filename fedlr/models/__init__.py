@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, BertConfig
+from transformers.utils import logging as hf_logging
 
 from fedlr.config import BUNDLED_MODEL, TINY_MODEL, ConfigError, ModelConfig
 from fedlr.seeding import torch_generator
@@ -89,10 +90,12 @@ def load_base_model(cfg: ModelConfig, num_labels: int, seed: int) -> nn.Module:
     conf = load_model_config(cfg, num_labels)
     if kind == "config":
         raise ConfigError("model.name_or_path: a bare config.json has no weights; use it with `fedlr plan`")
+    hf_logging.set_verbosity_error()  # the head is reported "newly initialized": expected, we draw it below
+    hf_logging.disable_progress_bar()
     torch.manual_seed(0)  # any init transformers does itself is then deterministic too
     if kind == "tiny":
         model = AutoModelForSequenceClassification.from_config(conf)
-        _init_all(model, torch_generator(seed, "tiny-weights"), conf.initializer_range)
+        _init_all(model, torch_generator(0, "tiny-weights"), conf.initializer_range)  # a fixed "pretrained" base
     else:
         model = AutoModelForSequenceClassification.from_pretrained(where, config=conf)
     for name, module in head_modules(model):

@@ -1,0 +1,26 @@
+"""Test environment: offline, no telemetry, temp homes; helpers shared by the tests."""
+
+import os
+import tempfile
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+_home = tempfile.mkdtemp(prefix="fedlr-test-home-")
+os.environ.setdefault("FLWR_HOME", os.path.join(_home, "flwr"))
+os.environ.setdefault("HF_HOME", os.path.join(_home, "hf"))
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "experiments" / "tiny.toml"
+
+
+@pytest.fixture
+def tiny_path() -> Path:
+    return TINY
