@@ -1,13 +1,13 @@
-"""Export of the final model: adapters as a standard PEFT LoRA checkpoint (Fed-SB's B·R folded
-into lora_B, lora_alpha = s·r so PEFT's scale equals fedlr's), the head in ``modules_to_save``;
-full fine-tuning as a plain Hugging Face model."""
+"""Export of the final model: adapters as a standard PEFT checkpoint — LoRA (Fed-SB's B·R folded
+into lora_B, lora_alpha = s·r so PEFT's scale equals fedlr's) or LoHa (FedPara) — with the head
+in ``modules_to_save``; full fine-tuning as a plain Hugging Face model."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, get_peft_model
+from peft import LoHaConfig, LoraConfig, get_peft_model
 
 from fedlr.models import head_modules, load_base_model
 
@@ -25,27 +25,36 @@ def export_model(bench, out_dir: Path) -> Path:
         return out_dir
     base = load_base_model(exp.model, bench.data.num_labels, exp.seed)
     heads = [name for name, _ in head_modules(base)]
-    config = LoraConfig(
-        r=exp.method.rank, lora_alpha=exp.method.scale * exp.method.rank, target_modules=list(exp.model.targets),
-        lora_dropout=0.0, bias="none", modules_to_save=list(heads), task_type="SEQ_CLS",
-    )
+    common = dict(r=exp.method.rank, alpha=exp.method.scale * exp.method.rank,
+                  target_modules=list(exp.model.targets), modules_to_save=list(heads), task_type="SEQ_CLS")
+    if adapted.spec.adapter == "loha":
+        config = LoHaConfig(**common)
+    else:
+        common["lora_alpha"] = common.pop("alpha")
+        config = LoraConfig(lora_dropout=0.0, bias="none", **common)
     peft_model = get_peft_model(base, config)
     inner = peft_model.base_model.model
     with torch.no_grad():
         for path in adapter_paths(adapted):
-            ours = adapted.model.get_submodule(path)
-            theirs = inner.get_submodule(path)
-            b = ours.lora_B.weight
-            if hasattr(ours, "lora_R"):
-                b = b @ ours.lora_R.weight
-            theirs.lora_A["default"].weight.copy_(ours.lora_A.weight)
-            theirs.lora_B["default"].weight.copy_(b)
+            _copy_adapter(adapted.model.get_submodule(path), inner.get_submodule(path))
         for name in heads:
             getattr(inner, name).modules_to_save["default"].load_state_dict(getattr(adapted.model, name).state_dict())
     peft_model.peft_config["default"].base_model_name_or_path = _base_location(exp)
     peft_model.save_pretrained(out_dir, save_embedding_layers=False)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+def _copy_adapter(ours, theirs) -> None:
+    if hasattr(ours, "hada"):
+        for factor in ("w1_a", "w1_b", "w2_a", "w2_b"):
+            getattr(theirs, f"hada_{factor}")["default"].copy_(getattr(ours.hada, factor))
+        return
+    b = ours.lora_B.weight
+    if hasattr(ours, "lora_R"):
+        b = b @ ours.lora_R.weight
+    theirs.lora_A["default"].weight.copy_(ours.lora_A.weight)
+    theirs.lora_B["default"].weight.copy_(b)
 
 
 def _base_location(exp) -> str:

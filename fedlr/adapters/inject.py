@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from torch import nn
 
-from fedlr.adapters.layers import LoRALinear, LoRASBLinear
+from fedlr.adapters.layers import LoHaLinear, LoRALinear, LoRASBLinear
 from fedlr.config import ConfigError
 from fedlr.seeding import torch_generator
 
-ADAPTER_KINDS = {"lora": LoRALinear, "lora_sb": LoRASBLinear}
+ADAPTER_KINDS = {"lora": LoRALinear, "lora_sb": LoRASBLinear, "loha": LoHaLinear}
 
 
 def inject_adapters(model: nn.Module, targets: list[str], kind: str, rank: int, scale: float, seed: int) -> list[str]:
