@@ -6,6 +6,11 @@ Protocol (all message contents are RecordDicts):
 - ``train.sb_init``: Fed-SB's federated init; reply {"grads": summed target-weight gradients}.
 - ``train``: {"arrays": global trained tensors, "once"?: frozen tensors sent on first
   participation, "config": {server-round}} → reply {"arrays": update Δ, "metrics": {...}}.
+
+Persistent per-client state (``context.state``): the experiment, the once-broadcast tensors, and
+under DP (``privacy.mode`` 'sample' or 'client_local') the client's accountant history
+(``fedlr.privacy.accountant.StepAccountant.state_dict``), so the ε a client reports is
+cumulative over every round it took part in and continues across a resume.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedlr.config import experiment_from_json
+from fedlr.privacy.accountant import StepAccountant
 from fedlr.run.records import EXPERIMENT_KEY, PARTITION_KEY, from_record, to_record
 from fedlr.workbench import get_workbench
 
@@ -22,6 +28,7 @@ app = ClientApp()
 
 STATE_CONFIG = "fedlr"
 STATE_ONCE = "fedlr.once"
+STATE_ACCOUNTANT = "fedlr.accountant"
 
 
 def _partition_id(context: Context) -> int:
@@ -60,7 +67,28 @@ def train(msg: Message, context: Context) -> Message:
     once = from_record(context.state[STATE_ONCE]) if STATE_ONCE in context.state else {}
     server_round = int(msg.content["config"]["server-round"])
     global_state = from_record(msg.content["arrays"])
-    update, metrics = get_workbench(exp).client_round(_partition_id(context), server_round, global_state, once)
+    bench = get_workbench(exp)
+    accountant = None
+    if bench.privacy is not None and bench.privacy.mode in ("sample", "client_local"):
+        accountant = load_accountant(context, bench.privacy.accountant)
+    update, metrics = bench.client_round(_partition_id(context), server_round, global_state, once, accountant)
+    if accountant is not None:
+        save_accountant(context, accountant)  # only once the round succeeded: an unsent update spends nothing
     content = RecordDict({"arrays": to_record(update), "metrics": MetricRecord(metrics)})
     return Message(content, reply_to=msg)
+
+
+def load_accountant(context: Context, kind: str) -> StepAccountant:
+    """This client's accountant from its persistent state (a fresh one before its first round)."""
+    if STATE_ACCOUNTANT not in context.state:
+        return StepAccountant(kind)
+    acc = StepAccountant.from_state(dict(context.state[STATE_ACCOUNTANT]))
+    if acc.kind != kind:
+        raise RuntimeError(f"this client's privacy history was kept by the {acc.kind!r} accountant, "
+                           f"the experiment asks for {kind!r}")
+    return acc
+
+
+def save_accountant(context: Context, accountant: StepAccountant) -> None:
+    context.state[STATE_ACCOUNTANT] = ConfigRecord(accountant.state_dict())
 

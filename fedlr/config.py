@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-METHOD_NAMES = ("fedit", "ffa_lora", "fed_sb", "full_ft")
+METHOD_NAMES = ("fedit", "ffa_lora", "fed_sb", "fed_svd", "dp_lora", "fedpara", "full_ft")
+PRIVACY_MODES = ("none", "sample", "client_central", "client_local")
 BUNDLED_MODEL = "bundled:all-MiniLM-L6-v2"
 TINY_MODEL = "tiny-random-bert"
 BUNDLED_DATASETS = ("rotten_tomatoes", "sms_spam")
@@ -59,7 +61,7 @@ class DataConfig(_Section):
 
 
 class MethodConfig(_Section):
-    name: Literal["fedit", "ffa_lora", "fed_sb", "full_ft"] = "fed_sb"
+    name: Literal["fedit", "ffa_lora", "fed_sb", "fed_svd", "dp_lora", "fedpara", "full_ft"] = "fed_sb"
     rank: int = Field(16, gt=0)
     alpha: float | None = Field(None, gt=0, description="LoRA alpha; scale s = alpha/rank (default alpha = rank)")
     train_head: bool = True
@@ -101,7 +103,61 @@ class TrainConfig(_Section):
     lr: float = Field(2e-3, gt=0)
     head_lr: float | None = Field(None, gt=0, description="learning rate of the head (default: lr)")
     weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float | None = Field(1.0, gt=0, description="batch-gradient clipping (non-DP)")
+    max_grad_norm: float | None = Field(
+        1.0, gt=0, description="batch-gradient clipping (non-DP; under privacy.mode 'sample' the per-example "
+        "bound privacy.max_grad_norm replaces it)")
+
+
+class PrivacyConfig(_Section):
+    """Differential privacy (reference/privacy.md). ``mode``:
+
+    - ``none``: no DP;
+    - ``sample``: DP-SGD (Opacus) in every client on exactly the tensors the method trains;
+      guarantee per example (add/remove one example of one client), ε = max over clients;
+    - ``client_central``: each client's update clipped to L2 norm ``max_grad_norm``, Gaussian
+      noise added once to the sum at the server (DP-FedAvg); guarantee per client;
+    - ``client_local``: the same clipping, the noise added by each client before upload.
+
+    Exactly one of ``noise_multiplier`` and ``target_epsilon`` sets the noise; a target ε is
+    calibrated once for the whole planned run (``fedlr.privacy.planning``). ``target_epsilon =
+    inf`` means ε = ∞: the run trains without clipping or noise (the non-private column of a study).
+    """
+
+    mode: Literal["none", "sample", "client_central", "client_local"] = "none"
+    noise_multiplier: float | None = Field(
+        None, gt=0, allow_inf_nan=False,
+        description="σ: noise std / clipping bound (per step for sample, per round for client modes)")
+    target_epsilon: float | None = Field(
+        None, gt=0, description="ε the whole planned run may spend; σ is calibrated to it (inf: no DP)")
+    max_grad_norm: float = Field(
+        1.0, gt=0, allow_inf_nan=False,
+        description="clipping bound: C per example (sample) or S per client update (client modes)")
+    delta: float = Field(1e-5, gt=0, lt=1, description="δ of the (ε, δ) guarantee")
+    accountant: Literal["rdp", "prv"] = Field("rdp", description="RDP (default) or PRV; never GDP")
+    grad_sample_mode: Literal["hooks", "functorch"] = Field(
+        "hooks", description="Opacus per-sample gradients: per-layer hooks (default for LoRA) or functorch")
+
+    @model_validator(mode="after")
+    def _noise_is_set_once(self) -> "PrivacyConfig":
+        given = [k for k in ("noise_multiplier", "target_epsilon") if getattr(self, k) is not None]
+        if self.mode == "none":
+            if given:
+                raise ValueError(f"privacy.{given[0]} is set but privacy.mode is 'none'; "
+                                 "choose privacy.mode 'sample', 'client_central' or 'client_local'")
+        elif len(given) != 1:
+            which = "both" if given else "neither"
+            raise ValueError(f"privacy.mode {self.mode!r} needs exactly one of privacy.noise_multiplier and "
+                             f"privacy.target_epsilon ({which} given)")
+        if self.mode == "client_central" and self.accountant == "prv":
+            raise ValueError("privacy.accountant 'prv' cannot account client_central: fedlr samples a fixed number "
+                             "of clients without replacement, which only the RDP accountant (Wang et al. 2019) "
+                             "covers; use privacy.accountant = 'rdp'")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        """False for mode 'none' and for target_epsilon = inf (ε = ∞ trains without DP)."""
+        return self.mode != "none" and not (self.target_epsilon is not None and math.isinf(self.target_epsilon))
 
 
 class EvaluationConfig(_Section):
@@ -124,8 +180,18 @@ class Experiment(_Section):
     method: MethodConfig = MethodConfig()
     federation: FederationConfig = FederationConfig()
     train: TrainConfig = TrainConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     output: OutputConfig = OutputConfig()
+
+    @model_validator(mode="after")
+    def _private_init(self) -> "Experiment":
+        if self.privacy.enabled and self.method.name == "fed_sb" and self.method.init == "federated":
+            raise ValueError(
+                "method.init: 'federated' sends clients' raw gradients to the server without differential "
+                f"privacy (Fed-SB's init round), which privacy.mode {self.privacy.mode!r} would not account for; "
+                "use method.init = 'random' under DP")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -1,6 +1,8 @@
 """The communication plan of an experiment, before any training: what each client sends and
 receives per round and in total, counted on the meta device (no weights) with the same wire
-formula the ledger's records obey (``fedlr.wire``)."""
+formula the ledger's records obey (``fedlr.wire``) — and, under DP, the privacy it will spend
+(``epsilon`` at ``delta`` with the named ``accountant``; the calibrated ``noise_multiplier`` when
+``privacy.target_epsilon`` is set), from ``fedlr.privacy.planning``."""
 
 from __future__ import annotations
 
@@ -10,7 +12,9 @@ from fedlr.sampling import sample_clients
 from fedlr.wire import record_wire_bytes
 
 
-def communication_plan(exp: Experiment, num_labels: int) -> dict:
+def communication_plan(exp: Experiment, num_labels: int, train_sizes: list[int] | None = None) -> dict:
+    """Bytes (and ε under DP). ``train_sizes``: the clients' training-set sizes, derived from the
+    data when not given (only needed under DP)."""
     adapted = build_adapted_model(exp, num_labels, meta=True)
     params = adapted.parameters_by_name()
 
@@ -22,6 +26,9 @@ def communication_plan(exp: Experiment, num_labels: int) -> dict:
     uplink_params = sum(n for _, n in entries(adapter_keys))
     head_params = sum(n for _, n in entries(adapted.head_keys))
     per_round_bytes = record_wire_bytes(entries(adapted.trained_keys))
+    # FedSVD's A rides down every round beside the trained tensors; other methods send down what comes up
+    down_round_bytes = record_wire_bytes(entries(adapted.round_keys))
+    broadcast_params = sum(n for _, n in entries(adapted.broadcast_keys))
     fed = exp.federation
 
     federated_sb_init = exp.method.name == "fed_sb" and exp.method.init == "federated"
@@ -35,7 +42,7 @@ def communication_plan(exp: Experiment, num_labels: int) -> dict:
         participants.update(sample_clients(exp.seed, rnd, fed.num_clients, fed.clients_per_round))
     client_rounds = fed.num_rounds * fed.clients_per_round
     total_up = client_rounds * per_round_bytes + init_uplink
-    total_down = client_rounds * per_round_bytes + len(participants) * once_bytes
+    total_down = client_rounds * down_round_bytes + len(participants) * once_bytes
     return {
         "method": exp.method.name,
         "rank": exp.method.rank if adapted.spec.adapter else None,
@@ -45,9 +52,9 @@ def communication_plan(exp: Experiment, num_labels: int) -> dict:
         "clients_per_round": fed.clients_per_round,
         "uplink_params_per_client": uplink_params,
         "head_params": head_params,
-        "downlink_params": uplink_params + head_params,
+        "downlink_params": uplink_params + head_params + broadcast_params,
         "uplink_bytes_per_client": per_round_bytes,
-        "downlink_bytes": per_round_bytes,
+        "downlink_bytes": down_round_bytes,
         "once_downlink_bytes_per_client": once_bytes,
         "distinct_participants": len(participants),
         "init_uplink_bytes": init_uplink,
@@ -55,6 +62,27 @@ def communication_plan(exp: Experiment, num_labels: int) -> dict:
         "total_downlink_bytes": total_down,
         "total_bytes": total_up + total_down,
         "exact_aggregation": adapted.spec.exact,
+        **privacy_entries(exp, train_sizes),
+    }
+
+
+def privacy_entries(exp: Experiment, train_sizes: list[int] | None) -> dict:
+    """``epsilon`` (the planned run's worst case: every client in every round), ``delta``,
+    ``accountant``, ``noise_multiplier`` and the assumptions; None values without DP."""
+    from fedlr.privacy.planning import check_privacy, client_train_sizes, finite_or_none
+
+    if not exp.privacy.enabled:
+        return {"privacy_mode": exp.privacy.mode if exp.privacy.mode == "none" else f"{exp.privacy.mode} (epsilon inf: off)",
+                "epsilon": None, "delta": None, "accountant": None, "noise_multiplier": None}
+    plan = check_privacy(exp, train_sizes if train_sizes is not None else client_train_sizes(exp))
+    return {
+        "privacy_mode": plan.mode, "epsilon": finite_or_none(plan.epsilon), "delta": plan.delta,
+        "accountant": plan.accountant, "noise_multiplier": plan.noise_multiplier,
+        "noise_calibrated": plan.noise_calibrated, "max_grad_norm": plan.max_grad_norm,
+        "epsilon_seeded_schedule": finite_or_none(plan.epsilon_seeded_schedule), "adjacency": plan.adjacency,
+        "sampling": plan.sampling, "privacy_mechanisms": plan.mechanisms,
+        "privacy_steps_per_round": plan.steps_per_round, "max_sample_rate": max(plan.sample_rates, default=None),
+        "privacy_warnings": plan.warnings,
     }
 
 
@@ -71,4 +99,15 @@ def format_plan(plan: dict) -> str:
                      f"{plan['once_downlink_bytes_per_client']:,} bytes x {plan['distinct_participants']} clients")
     lines.append(f"whole run: up {plan['total_uplink_bytes'] / mib:.2f} MiB, down {plan['total_downlink_bytes'] / mib:.2f} MiB, "
                  f"total {plan['total_bytes'] / mib:.2f} MiB ({plan['total_bytes']:,} bytes)")
+    if plan.get("delta") is not None:
+        eps = "inf" if plan["epsilon"] is None else f"{plan['epsilon']:.4g}"
+        how = "calibrated to privacy.target_epsilon" if plan["noise_calibrated"] else "from privacy.noise_multiplier"
+        lines.append(f"privacy ({plan['privacy_mode']}): epsilon {eps} at delta {plan['delta']:g} ({plan['accountant']} "
+                     f"accountant), noise multiplier {plan['noise_multiplier']:.4g} {how}")
+        lines.append(f"  adjacency: {plan['adjacency']}; sampling: {plan['sampling']}")
+        if plan["epsilon_seeded_schedule"] is not None and plan["epsilon_seeded_schedule"] != plan["epsilon"]:
+            lines.append(f"  epsilon is the worst case (a client in every round); under this seed's client schedule: "
+                         f"{plan['epsilon_seeded_schedule']:.4g}")
+    else:
+        lines.append(f"privacy: {plan['privacy_mode']} (no differential privacy)")
     return "\n".join(lines)

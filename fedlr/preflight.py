@@ -1,14 +1,16 @@
 """Checks run before any work or any file is written: every problem a config can have that we can
 see without training (unknown method or target module, rank too large, missing data file, more
-clients than the data can split into) raises ``ConfigError`` naming the field."""
+clients than the data can split into, a target ε no noise reaches) raises ``ConfigError`` naming
+the field; privacy warnings (δ ≥ 1/n) are logged."""
 
 from __future__ import annotations
 
 from fedlr.config import Experiment
 from fedlr.data.corpora import NATURAL_ID, load_table
-from fedlr.data.partition import partition_rows, split_test
+from fedlr.data.partition import partition_rows, split_local, split_test
 from fedlr.methods import get_method
 from fedlr.models.adapted import build_adapted_model
+from fedlr.privacy.planning import check_privacy
 
 
 def preflight(exp: Experiment) -> int:
@@ -16,6 +18,10 @@ def preflight(exp: Experiment) -> int:
     get_method(exp.method.name)
     table, names = load_table(exp.data)
     train, _ = split_test(table, exp.data, exp.seed)
-    partition_rows(table, train, exp.data, NATURAL_ID.get(exp.data.dataset), exp.federation.num_clients, exp.seed)
+    parts = partition_rows(table, train, exp.data, NATURAL_ID.get(exp.data.dataset), exp.federation.num_clients,
+                           exp.seed)
     build_adapted_model(exp, len(names), meta=True)
+    # the privacy plan (σ, ε), its errors and its warnings (δ ≥ 1/n, clients without data)
+    check_privacy(exp, [len(split_local(rows, exp.data.val_fraction, exp.seed, pid)[0])
+                        for pid, rows in enumerate(parts)])
     return len(names)

@@ -8,6 +8,7 @@ instead of rebuilding the model (seconds) — design principle 2.
 from __future__ import annotations
 
 import time
+from functools import cached_property
 
 import torch
 
@@ -15,6 +16,10 @@ from fedlr.config import Experiment
 from fedlr.data import FederatedData
 from fedlr.models import choose_device, load_tokenizer
 from fedlr.models.adapted import AdaptedModel, adapter_paths, build_adapted_model
+from fedlr.privacy.accountant import StepAccountant
+from fedlr.privacy.client_level import add_local_noise, clip_update
+from fedlr.privacy.dp_sgd import DPSGDSettings, dp_local_train, noise_generator
+from fedlr.privacy.planning import PrivacyPlan, plan_privacy
 from fedlr.seeding import derive_seed, torch_generator
 from fedlr.train import EvalResult, evaluate, local_train, summed_weight_gradients
 
@@ -35,11 +40,24 @@ class Workbench:
         for state in states:
             self.adapted.load({k: v.to(self.device) for k, v in state.items()})
 
-    def client_round(self, partition_id: int, server_round: int, global_state: State,
-                     once_state: State) -> tuple[State, dict[str, float]]:
-        """One client's round: evaluate the received model on local val data (if asked), train,
-        return the update Δ = θ_trained − θ_received of every trained tensor, and metrics."""
+    @cached_property
+    def privacy(self) -> PrivacyPlan | None:
+        """σ and the ε plan, from the config and the clients' sizes (same in every process)."""
+        sizes = [len(self.data.client_rows(pid)[0]) for pid in range(self.exp.federation.num_clients)]
+        return plan_privacy(self.exp, sizes)
+
+    def client_round(self, partition_id: int, server_round: int, global_state: State, once_state: State,
+                     accountant: StepAccountant | None = None) -> tuple[State, dict[str, float]]:
+        """One client's round: evaluate the received model on local val data (if asked), train
+        (DP-SGD under ``privacy.mode = 'sample'``), return the update Δ = θ_trained − θ_received of
+        every trained tensor — clipped (and noised, ``client_local``) under client-level DP — and
+        metrics. Under ``sample`` and ``client_local`` the round's privacy cost is composed into
+        ``accountant`` (the client's own, persisted by the caller) and its cumulative ε reported."""
         exp = self.exp
+        data = self.data.client_train(partition_id)
+        if len(data) == 0:
+            raise ValueError(f"client {partition_id} has no training examples and cannot take part in training "
+                             "(its update would be empty; under DP-SGD its sampling rate batch_size/n is undefined)")
         self.load(once_state, global_state)
         metrics: dict[str, float] = {}
         if exp.evaluation.client_side:
@@ -51,10 +69,27 @@ class Workbench:
         params = self.adapted.trainable_parameters()
         named = self.adapted.parameters_by_name()
         head = [named[k] for k in self.adapted.head_keys]
-        res = local_train(self.adapted.model, params, head, self.data.client_train(partition_id),
-                          exp.train, gen, self.device)
+        plan = self.privacy
+        if plan is not None and plan.mode == "sample":
+            dp = DPSGDSettings(plan.noise_multiplier, plan.max_grad_norm, plan.sample_rates[partition_id],
+                               exp.privacy.grad_sample_mode, per_tensor_clipping=exp.method.name == "dp_lora")
+            noise = noise_generator(derive_seed(exp.seed, "dp-noise", server_round, partition_id), self.device)
+            res = dp_local_train(self.adapted.model, params, head, data, exp.train, dp, gen, noise, self.device)
+            metrics.update({"dp_empty_batches": res.empty_batches, "dp_mean_batch_size": res.mean_batch_size})
+        else:
+            res = local_train(self.adapted.model, params, head, data, exp.train, gen, self.device)
         trained = self.adapted.trained_state()
         update = {k: trained[k] - global_state[k] for k in self.adapted.trained_keys}
+        if plan is not None and plan.mode == "client_central":
+            update, _ = clip_update(update, plan.max_grad_norm)
+        elif plan is not None and plan.mode == "client_local":
+            noise_gen = torch_generator(exp.seed, "client-noise", server_round, partition_id)
+            update = add_local_noise(update, plan.max_grad_norm, plan.noise_multiplier, noise_gen)
+        if plan is not None and plan.mode in ("sample", "client_local"):
+            if accountant is None:
+                raise ValueError(f"privacy.mode {plan.mode!r} needs the client's accountant")
+            accountant.step(*plan.client_step(partition_id, res.steps))
+            metrics["epsilon"] = accountant.epsilon(plan.delta)
         metrics.update({"train_loss": res.loss, "steps": res.steps, "num-examples": res.num_examples})
         return update, metrics
 

@@ -6,7 +6,8 @@ from fedlr.strategies.fed_sb import FedSBStrategy
 
 
 def strategy_class(method_name: str) -> type[FedLRStrategy]:
-    """Fed-SB adds its federated init round; FedIT, FFA-LoRA and full FT need only the base."""
+    """Fed-SB adds its federated init round; FedIT, FFA-LoRA, FedSVD (its A rides in the round
+    state), DP-LoRA and full FT need only the base."""
     return FedSBStrategy if method_name == "fed_sb" else FedLRStrategy
 
 

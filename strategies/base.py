@@ -6,10 +6,14 @@ It subclasses ``flwr.serverapp.strategy.FedAvg`` and overrides
   method broadcasts once (Fed-SB's B and A);
 - ``aggregate_train``: drops error replies, sorts the rest by partition id, rejects malformed
   updates (missing/extra keys, wrong shape or dtype, NaN/Inf) with a logged reason, and calls the
-  method's pure ``aggregate``;
+  method's pure ``aggregate`` — sample-weighted, or under client-level DP on the uniform
+  (``client_local``) or clipped-and-noised fixed-denominator (``client_central``) mean update;
 - ``start``: fedlr's round loop (enrollment, an optional init round, rounds, central evaluation,
   one ``RoundReport`` per round for the ledger).
 Bytes are counted from the ArrayRecords actually sent and received (``ArrayRecord.count_bytes``).
+Privacy (``fedlr.privacy``): each row carries the cumulative ε — the largest of any client's
+(sample-level and ``client_local``: clients report their own accountant's ε) or the federation's
+(``client_central``: the server's accountant composes one release per round).
 """
 
 from __future__ import annotations
@@ -26,8 +30,11 @@ from flwr.serverapp.strategy import FedAvg
 
 from fedlr.config import Experiment
 from fedlr.methods import MethodSpec
+from fedlr.privacy.client_level import central_noised_mean, uniform_mean
+from fedlr.privacy.planning import PrivacyPlan
 from fedlr.run.records import PARTITION_KEY, experiment_config, from_record, to_record
 from fedlr.sampling import sample_clients
+from fedlr.seeding import torch_generator
 from fedlr.validation import expected_of, update_problem
 
 log = logging.getLogger("fedlr")
@@ -53,6 +60,9 @@ class RoundReport:
     cumulative_uplink_bytes: int = 0
     cumulative_downlink_bytes: int = 0
     cumulative_bytes: int = 0
+    epsilon: float | None = None  # cumulative; max over clients (sample, client_local) or the federation's
+    delta: float | None = None
+    client_epsilon: dict[str, float] | None = None  # partition id -> cumulative ε (sample, client_local)
     wall_time_s: float = 0.0
 
     def to_dict(self) -> dict:
@@ -63,7 +73,7 @@ class FedLRStrategy(FedAvg):
     def __init__(self, exp: Experiment, spec: MethodSpec, state: State, once_state: State,
                  target_weights: dict[str, tuple[tuple[int, ...], torch.dtype]],
                  evaluate: Callable[[State, State], tuple[float, float]] | None = None,
-                 on_round: Callable[[RoundReport], None] | None = None):
+                 on_round: Callable[[RoundReport], None] | None = None, privacy: PrivacyPlan | None = None):
         fed = exp.federation
         super().__init__(
             fraction_train=fed.clients_per_round / fed.num_clients, fraction_evaluate=0.0,
@@ -77,9 +87,18 @@ class FedLRStrategy(FedAvg):
         self.evaluate = evaluate
         self.on_round = on_round or (lambda report: None)
         self.node_of: dict[int, int] = {}  # partition id -> Flower node id
+        self.sent_to: dict[str, int] = {}  # message id -> partition id, for the last exchange
         self.has_once: set[int] = set()  # partition ids that already hold the once-broadcast tensors
         self.report: RoundReport | None = None
         self._totals = [0, 0]
+        self.privacy = privacy
+        self.client_epsilon: dict[int, float] = {}  # last cumulative ε each client reported
+        self.federation_accountant = (privacy.federation_accountant(fed.num_clients, fed.clients_per_round)
+                                      if privacy is not None and privacy.mode == "client_central" else None)
+
+    def update_keys(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """What each client uploads: every state tensor but the per-round broadcast ones (FedSVD's A)."""
+        return expected_of({k: v for k, v in self.state.items() if not self.spec.is_broadcast(k)})
 
     # ---------------------------------------------------------------- enrollment
     def enroll(self, grid: Grid) -> None:
@@ -104,6 +123,14 @@ class FedLRStrategy(FedAvg):
     # ---------------------------------------------------------------- hooks
     def initialize(self, grid: Grid, report: RoundReport) -> None:
         """Round 0 work before training; the base methods need none."""
+
+    def exchange(self, grid: Grid, messages: list[Message]) -> Iterable[Message]:
+        """Send and wait for replies; remember which partition each message went to (Flower sets
+        the message ids when it pushes them)."""
+        partition_of = {node: pid for pid, node in self.node_of.items()}
+        replies = grid.send_and_receive(messages, timeout=self.exp.federation.round_timeout_s)
+        self.sent_to = {m.metadata.message_id: partition_of[m.metadata.dst_node_id] for m in messages}
+        return replies
 
     # ---------------------------------------------------------------- train
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -131,7 +158,9 @@ class FedLRStrategy(FedAvg):
         partition_of = {node: pid for pid, node in self.node_of.items()}
         accepted, heard = [], set()
         for msg in replies:
-            pid = partition_of.get(msg.metadata.src_node_id, -1)
+            # a reply the SuperLink wrote for a dead node comes from the SuperLink's own id: find
+            # the partition through the message it answers
+            pid = self.sent_to.get(msg.metadata.reply_to_message_id, partition_of.get(msg.metadata.src_node_id, -1))
             heard.add(pid)
             if msg.has_error():
                 self._fail(pid, "error", msg.error.reason)
@@ -165,12 +194,27 @@ class FedLRStrategy(FedAvg):
         log.warning("round %d: client %d failed (%s): %s", self.report.round, pid, kind, reason)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
-        accepted = self.collect(replies, "arrays", expected_of(self.state))
+        accepted = self.collect(replies, "arrays", self.update_keys())
+        mode = self.privacy.mode if self.privacy is not None else "none"
+        if mode == "client_central":
+            self.federation_accountant.compose(1)  # a release every round, even one that carries no update
+        for pid, _, metrics in accepted:
+            if "epsilon" in metrics:
+                self.client_epsilon[pid] = float(metrics["epsilon"])
         if not accepted:
             log.warning("round %d: no valid update; the global state is unchanged", server_round)
             return None, None
-        weights = [float(m["num-examples"]) for _, _, m in accepted]
-        self.state = self.spec.aggregate(self.state, [u for _, u, _ in accepted], weights)
+        updates = [u for _, u, _ in accepted]
+        if mode == "client_central":
+            gen = torch_generator(self.exp.seed, "server-noise", server_round)
+            mean = central_noised_mean(updates, self.privacy.max_grad_norm, self.privacy.noise_multiplier,
+                                       self.exp.federation.clients_per_round, gen)
+            self.state = self.spec.aggregate(self.state, [mean], [1.0])
+        elif mode == "client_local":  # the noise is in the updates; uniform weights, as DP-FedAvg
+            self.state = self.spec.aggregate(self.state, [uniform_mean(updates)], [1.0])
+        else:
+            weights = [float(m["num-examples"]) for _, _, m in accepted]
+            self.state = self.spec.aggregate(self.state, updates, weights)
         self.report.train_loss = _weighted(accepted, "train_loss", "num-examples")
         self.report.client_val_accuracy = _weighted(accepted, "val_accuracy", "val_examples")
         return to_record(self.state), None
@@ -186,8 +230,9 @@ class FedLRStrategy(FedAvg):
                 self.initialize(grid, self.report)
             else:
                 messages = self.configure_train(server_round, to_record(self.state), ConfigRecord(), grid)
-                replies = grid.send_and_receive(messages, timeout=self.exp.federation.round_timeout_s)
+                replies = self.exchange(grid, list(messages))
                 self.aggregate_train(server_round, replies)
+            self.record_privacy(self.report)
             if self.evaluate is not None:
                 self.report.eval_loss, self.report.eval_accuracy = self.evaluate(self.state, self.once_state)
             self._totals[0] += self.report.uplink_bytes
@@ -197,6 +242,17 @@ class FedLRStrategy(FedAvg):
             self.report.wall_time_s = round(time.perf_counter() - started, 3)
             self.on_round(self.report)
         return self.state
+
+    def record_privacy(self, report: RoundReport) -> None:
+        """The round's cumulative ε (None without DP; 0 before any private release)."""
+        if self.privacy is None:
+            return
+        report.delta = self.privacy.delta
+        if self.federation_accountant is not None:
+            report.epsilon = self.federation_accountant.epsilon(self.privacy.delta)
+        else:
+            report.client_epsilon = {str(pid): eps for pid, eps in sorted(self.client_epsilon.items())}
+            report.epsilon = max(self.client_epsilon.values(), default=0.0)
 
     def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3, **kwargs):
         """Flower's entry point, routed to ``run`` (fedlr keeps its own state and ledger)."""

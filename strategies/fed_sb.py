@@ -28,7 +28,7 @@ class FedSBStrategy(FedLRStrategy):
         report.clients_sampled = pids
         content = RecordDict({"config": ConfigRecord({"server-round": 0})})
         msgs = [Message(content, dst_node_id=self.node_of[p], message_type=INIT_ACTION) for p in pids]
-        accepted = self.collect(grid.send_and_receive(msgs, timeout=fed.round_timeout_s), "grads", self.target_weights)
+        accepted = self.collect(self.exchange(grid, msgs), "grads", self.target_weights)
         if not accepted:
             raise RuntimeError("Fed-SB init: no client returned gradients")
         grad_sum = {k: sum(g[k] for _, g, _ in accepted) for k in accepted[0][1]}

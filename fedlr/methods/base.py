@@ -1,9 +1,11 @@
 """What a method is: its adapter, which tensors a client trains, and its aggregation.
 
 Every method in this module family keeps a *global state*: the tensors that travel each round
-(``trained``), and the tensors that are fixed for the run and reach each client once
-(``broadcast_once``; Fed-SB's B and A). A client uploads its update Δ_k = θ_k − θ for every
-trained tensor; the server's aggregation is a pure function of (state, updates, weights).
+(``trained``, down and up), frozen tensors the server resets and sends down every round
+(``broadcast``; FedSVD's A), and the tensors that are fixed for the run and reach each client
+once (``broadcast_once``; Fed-SB's B and A). A client uploads its update Δ_k = θ_k − θ for every
+trained tensor; the server's aggregation is a pure function of (state, updates, weights) where
+``state`` holds the trained and the per-round broadcast tensors and each update the trained ones.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class MethodSpec:
     exact: bool  # whether the aggregate equals the average of the clients' full-weight updates
     aggregate: Aggregate
     citation: str
+    broadcast: tuple[str, ...] = ()  # frozen adapter tensors the server resets and sends every round
 
     def is_trained(self, param_name: str, train_head: bool, head_prefixes: tuple[str, ...]) -> bool:
         if self.trains == ("*",):
@@ -39,11 +42,15 @@ class MethodSpec:
     def is_broadcast_once(self, param_name: str) -> bool:
         return any(f".{t}." in param_name for t in self.broadcast_once)
 
+    def is_broadcast(self, param_name: str) -> bool:
+        """Sent down every round with the trained tensors, never trained nor uploaded (FedSVD's A)."""
+        return any(f".{t}." in param_name for t in self.broadcast)
+
 
 def get_method(name: str) -> MethodSpec:
-    from fedlr.methods import fed_sb, fedit, ffa_lora, full_ft
+    from fedlr.methods import dp_lora, fed_sb, fed_svd, fedit, fedpara, ffa_lora, full_ft
 
-    registry = {m.SPEC.name: m.SPEC for m in (fedit, ffa_lora, fed_sb, full_ft)}
+    registry = {m.SPEC.name: m.SPEC for m in (fedit, ffa_lora, fed_sb, fed_svd, dp_lora, fedpara, full_ft)}
     if name not in registry:
         raise ConfigError(f"method.name: {name!r} is not a method; choose one of {sorted(registry)}")
     return registry[name]

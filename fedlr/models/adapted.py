@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
 
 import torch
@@ -21,6 +21,12 @@ class AdaptedModel:
     trained_keys: list[str]  # travel every round (down and up)
     once_keys: list[str]  # frozen, reach each client once (Fed-SB's B and A)
     head_keys: list[str]  # the trained non-adapter tensors (a subset of trained_keys)
+    broadcast_keys: list[str] = field(default_factory=list)  # frozen, sent down every round (FedSVD's A)
+
+    @property
+    def round_keys(self) -> list[str]:
+        """What the server sends each round: the trained tensors, then the per-round broadcast ones."""
+        return self.trained_keys + self.broadcast_keys
 
     def parameters_by_name(self) -> dict[str, nn.Parameter]:
         return dict(self.model.named_parameters())
@@ -31,6 +37,10 @@ class AdaptedModel:
 
     def trained_state(self) -> dict[str, torch.Tensor]:
         return self.state(self.trained_keys)
+
+    def round_state(self) -> dict[str, torch.Tensor]:
+        """The global state the server keeps and broadcasts every round (``round_keys``)."""
+        return self.state(self.round_keys)
 
     def once_state(self) -> dict[str, torch.Tensor]:
         return self.state(self.once_keys)
@@ -57,7 +67,7 @@ def build_adapted_model(exp: Experiment, num_labels: int, *, meta: bool = False)
         _check_rank(model, exp)
         inject_adapters(model, exp.model.targets, spec.adapter, exp.method.rank, exp.method.scale, exp.seed)
     head_prefixes = tuple(f"{name}." for name, _ in head_modules(model))
-    trained, once, head = [], [], []
+    trained, once, head, broadcast = [], [], [], []
     for name, param in model.named_parameters():
         is_trained = spec.is_trained(name, exp.method.train_head, head_prefixes)
         param.requires_grad_(is_trained)
@@ -67,7 +77,9 @@ def build_adapted_model(exp: Experiment, num_labels: int, *, meta: bool = False)
                 head.append(name)
         elif spec.is_broadcast_once(name):
             once.append(name)
-    return AdaptedModel(model, spec, trained, once, head)
+        elif spec.is_broadcast(name):
+            broadcast.append(name)
+    return AdaptedModel(model, spec, trained, once, head, broadcast)
 
 
 def _check_rank(model: nn.Module, exp: Experiment) -> None:

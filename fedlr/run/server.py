@@ -38,8 +38,8 @@ def run_server(grid: Grid, exp: Experiment, run_dir: RunDir, console: Console) -
         console.round(row)
 
     strategy = strategy_class(exp.method.name)(
-        exp, adapted.spec, adapted.trained_state(), {}, target_weights,
-        evaluate=evaluate if exp.evaluation.central else None, on_round=on_round,
+        exp, adapted.spec, adapted.round_state(), {}, target_weights,
+        evaluate=evaluate if exp.evaluation.central else None, on_round=on_round, privacy=bench.privacy,
     )
     console.header()
     final_state = strategy.run(grid, exp.federation.num_rounds)
@@ -54,14 +54,33 @@ def run_server(grid: Grid, exp: Experiment, run_dir: RunDir, console: Console) -
         "final_accuracy": accs[-1] if accs else None, "best_accuracy": max(accs) if accs else None,
         "majority_rate": bench.data.majority_rate(), "test_examples": len(bench.data.central_test_rows),
         "uplink_bytes": last["cumulative_uplink_bytes"], "downlink_bytes": last["cumulative_downlink_bytes"],
-        "total_bytes": last["cumulative_bytes"], "trained_params": sum(v.numel() for v in final_state.values()),
+        "total_bytes": last["cumulative_bytes"],
+        "trained_params": sum(v.numel() for k, v in final_state.items() if k in adapted.trained_keys),
         "failed_client_rounds": sum(r["clients_failed"] for r in rows),
         "rejected_updates": sum(r["clients_rejected"] for r in rows),
         "wall_time_s": round(time.perf_counter() - started, 3), "run_dir": str(run_dir.path),
+        **privacy_summary(exp, bench.privacy, last),
     }
     run_dir.write_summary(summary)
     console.summary(summary)
     return summary
+
+
+def privacy_summary(exp: Experiment, plan, last_row: dict) -> dict:
+    """The summary's privacy fields: ε (cumulative, from the last ledger row), δ, the accountant,
+    the adjacency and sampling the ε assumes, σ, and which mechanisms ran (None without DP)."""
+    if plan is None:
+        off = "none" if exp.privacy.mode == "none" else f"{exp.privacy.mode} at target_epsilon = inf: no clipping, no noise"
+        mechanisms = ["dp_lora without DP: FedIT factors with uniform weights 1/K"] if exp.method.name == "dp_lora" else []
+        return {"privacy_mode": off, "epsilon": None, "delta": None, "accountant": None, "adjacency": None,
+                "privacy_mechanisms": mechanisms}
+    return {
+        "privacy_mode": plan.mode, "epsilon": last_row.get("epsilon"), "delta": plan.delta,
+        "accountant": plan.accountant, "adjacency": plan.adjacency, "sampling": plan.sampling,
+        "noise_multiplier": plan.noise_multiplier, "noise_calibrated": plan.noise_calibrated,
+        "max_grad_norm": plan.max_grad_norm, "epsilon_planned": plan.epsilon,
+        "client_epsilon": last_row.get("client_epsilon"), "privacy_mechanisms": plan.mechanisms,
+    }
 
 
 def make_server_app(exp: Experiment, run_dir: RunDir, console: Console, result: dict) -> ServerApp:
