@@ -1,0 +1,101 @@
+"""The report as one self-contained HTML page: the table, the figures (PNG inlined as base64
+``data:`` URIs) and the per-run table; no script, no stylesheet or image fetched from anywhere."""
+
+from __future__ import annotations
+
+import base64
+import html
+import time
+from pathlib import Path
+
+from fedlr.results.plots import FIGURES, PIXELS
+from fedlr.results.report import Report, run_records
+
+CAPTIONS = {
+    "fig_bytes": "Final accuracy against total MiB sent (uplink + downlink, log scale); the dashed step line "
+                 "is the Pareto frontier: no run is both cheaper and more accurate than a point on it.",
+    "fig_epsilon": "Final accuracy against ε (the privacy loss at the run's δ); the dashed line is the Pareto "
+                   "frontier (least ε, most accuracy).",
+    "fig_rounds": "Central test accuracy per round, mean over seeds with a ± one standard deviation band.",
+}
+
+STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1100px;
+       color: #222; line-height: 1.4; padding: 0 1rem; }
+h1 { font-size: 1.5rem; } h2 { font-size: 1.2rem; margin-top: 2rem; }
+table { border-collapse: collapse; font-size: 0.85rem; margin: 0.5rem 0; }
+th, td { border: 1px solid #ccc; padding: 0.25rem 0.5rem; text-align: right; white-space: nowrap; }
+th { background: #f2f2f2; } td.text { text-align: left; }
+figure { margin: 1.5rem 0; } figure img { max-width: 100%; height: auto; border: 1px solid #ddd; }
+figcaption { font-size: 0.85rem; color: #555; } code { background: #f4f4f4; padding: 0 0.2rem; }
+.note { color: #555; font-size: 0.9rem; }
+"""
+
+TEXT_COLUMNS = ("method", "codec", "seeds", "run")
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    cls = ['class="text"' if h in TEXT_COLUMNS else "" for h in header]
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td {c}>{html.escape(str(v))}</td>" for c, v in zip(cls, row)) + "</tr>\n" for row in rows
+    )
+    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody>\n</table>"
+
+
+def _img(path: Path, alt: str) -> str:
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    w, h = PIXELS
+    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}" width="{w}" height="{h}">'
+
+
+def render_html(report: Report, header: list[str], rows: list[list[str]], paths: dict[str, Path]) -> str:
+    """The page as a string; ``paths`` holds the figures written by ``plots.write_figures``."""
+    root = html.escape(str(report.root))
+    n_runs = sum(len(g.runs) for g in report.groups)
+    figures = "\n".join(
+        f"<figure>{_img(paths[key], name)}<figcaption>{html.escape(CAPTIONS[key])}</figcaption></figure>"
+        for key, name in FIGURES.items() if key in paths
+    )
+    per_run = run_records(report.groups, report.varying)
+    run_header = list(per_run[0]) if per_run else []
+    run_rows = [[_cell(rec[k]) for k in run_header] for rec in per_run]
+    incomplete = ""
+    if report.incomplete:
+        items = "".join(f"<li><code>{html.escape(n)}</code></li>" for n in report.incomplete)
+        incomplete = (f"<h2>Incomplete runs</h2><p class=\"note\">No <code>summary.json</code>, so left out "
+                      f"of the table and figures:</p><ul>{items}</ul>")
+    varying = ", ".join(f"<code>{html.escape(k)}</code>" for k in report.varying) or "nothing"
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>fedlr report: {root}</title>
+<style>{STYLE}</style>
+</head>
+<body>
+<h1>fedlr report: <code>{root}</code></h1>
+<p class="note">{n_runs} complete runs in {len(report.groups)} groups (runs that differ only in their seed);
+varying: {varying}. Accuracy is mean ± sample standard deviation over seeds; bytes are summed from each
+run's ledger (MiB = 2<sup>20</sup> bytes); ε and δ are blank for runs without differential privacy.
+Made {html.escape(time.strftime('%Y-%m-%d %H:%M:%S'))} by <code>fedlr report {root}</code>.</p>
+<h2>Results</h2>
+{_table(header, rows)}
+<h2>Figures</h2>
+{figures}
+<h2>Every run</h2>
+<details><summary>{n_runs} runs</summary>
+{_table(run_header, run_rows)}
+</details>
+{incomplete}
+</body>
+</html>
+"""
+
+
+def _cell(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
