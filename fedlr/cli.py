@@ -1,4 +1,4 @@
-"""``fedlr run | plan``: the command line. Config problems exit with code 2 before any work."""
+"""``fedlr run | plan | sweep | report``: the command line. Config problems exit with code 2 before any work."""
 
 from __future__ import annotations
 
@@ -25,7 +25,71 @@ def _parser() -> argparse.ArgumentParser:
             c.add_argument("--json", action="store_true", help="print one JSON object")
         else:
             c.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    _add_sweep_report(sub)
+    from fedlr.run.deploy import add_deploy_parser
+
+    add_deploy_parser(sub)  # fedlr deploy ...: handlers in fedlr.run.deploy (func=...)
     return p
+
+
+def _add_sweep_report(sub) -> None:
+    """``fedlr sweep`` and ``fedlr report``: they read their own inputs (a TOML with a [sweep]
+    table, a runs folder), so they carry their handler in ``func``."""
+    c = sub.add_parser("sweep", help="run every point of an experiment's [sweep] table")
+    c.add_argument("experiment", help="experiment TOML file with a [sweep] table")
+    c.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a field of the base experiment before the expansion (repeatable)")
+    c.add_argument("--dry-run", action="store_true", help="list the runs with their bytes and epsilon; train nothing")
+    c.add_argument("--json", action="store_true", help="with --dry-run: print one JSON list")
+    c.add_argument("--keep-going", action="store_true", help="go on to the next run when one fails (exit 1 at the end)")
+    c.add_argument("--quiet", action="store_true", help="print only the sweep's progress lines, not each round")
+    c.add_argument("--tensorboard", action="store_true", help="also log each round to <run dir>/tensorboard/")
+    c.set_defaults(func=cmd_sweep)
+    c = sub.add_parser("report", help="tables, figures and an HTML page from a folder of runs")
+    c.add_argument("runs_dir", help="a folder of run directories (e.g. runs/<sweep name>)")
+    c.add_argument("--out", default=None, help="where to write the report (default RUNS_DIR/report)")
+    c.add_argument("--no-html", action="store_true", help="write the tables and figures only")
+    c.add_argument("--tensorboard", action="store_true", help="also export every ledger to OUT/tensorboard/")
+    c.set_defaults(func=cmd_report)
+
+
+def cmd_sweep(args) -> int:
+    from fedlr.results.console import Console
+    from fedlr.sweep import dry_run, execute_sweep, format_dry_run, load_sweep, simulate_runner
+
+    sweep = load_sweep(args.experiment, args.overrides)
+    if args.dry_run:
+        rows = dry_run(sweep)
+        print(json.dumps(rows) if args.json else format_dry_run(sweep, rows))
+        return 0
+    if args.tensorboard:
+        from fedlr.results.tensorboard import TensorBoardUnavailable, require_tensorboard
+
+        try:
+            require_tensorboard()
+        except TensorBoardUnavailable as e:
+            raise ConfigError(str(e)) from None
+    progress = Console()
+    run_console = Console(quiet=args.quiet or sweep.base.output.quiet)
+    try:
+        result = execute_sweep(sweep, simulate_runner(run_console, tensorboard=args.tensorboard), console=progress,
+                               keep_going=args.keep_going)
+    except KeyboardInterrupt:
+        return 130
+    return 1 if result.failed else 0
+
+
+def cmd_report(args) -> int:
+    from fedlr.results.report import ReportError, write_report
+
+    try:
+        paths = write_report(args.runs_dir, args.out, html=not args.no_html, tensorboard=args.tensorboard)
+    except ReportError as e:
+        raise ConfigError(str(e)) from None
+    print(paths["table_md"].read_text(), end="")
+    for key, path in paths.items():
+        print(f"{key}: {path}")
+    return 0
 
 
 def cmd_plan(exp: Experiment, args) -> int:
@@ -59,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     handler.setFormatter(logging.Formatter("%(levelname)s fedlr: %(message)s"))
     logging.getLogger("fedlr").addHandler(handler)
     try:
+        if getattr(args, "func", None) is not None:  # sweep, report
+            return args.func(args)
         exp = load_experiment(args.experiment, args.overrides)
         return {"run": cmd_run, "plan": cmd_plan}[args.command](exp, args)
     except ConfigError as e:

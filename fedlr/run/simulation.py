@@ -23,9 +23,16 @@ def quiet_environment() -> None:
 
 
 def backend_config(exp: Experiment) -> dict:
+    """Client resources from the experiment; a local Ray instance with the object store capped, or,
+    when ``RAY_ADDRESS`` names an existing cluster (``ray start --head`` / ``--address``), that
+    cluster as it is (Ray refuses resource arguments when joining one)."""
     fed = exp.federation
     import torch
 
+    log_args = {"logging_level": logging.ERROR, "log_to_driver": True}
+    if os.environ.get("RAY_ADDRESS"):
+        return {"client_resources": {"num_cpus": fed.num_cpus, "num_gpus": fed.num_gpus},
+                "init_args": {"address": os.environ["RAY_ADDRESS"], **log_args}}
     gpus = torch.cuda.device_count() if fed.num_gpus > 0 else 0
     if fed.num_gpus > 0 and gpus == 0:
         logging.getLogger("fedlr").warning("federation.num_gpus > 0 but no GPU is visible; clients run on the CPU")
@@ -33,8 +40,7 @@ def backend_config(exp: Experiment) -> dict:
         "client_resources": {"num_cpus": fed.num_cpus, "num_gpus": fed.num_gpus if gpus else 0.0},
         "init_args": {
             "num_cpus": fed.ray_num_cpus or os.cpu_count() or 1, "num_gpus": gpus,
-            "include_dashboard": False, "object_store_memory": OBJECT_STORE_BYTES,
-            "logging_level": logging.ERROR, "log_to_driver": True,
+            "include_dashboard": False, "object_store_memory": OBJECT_STORE_BYTES, **log_args,
         },
     }
 
