@@ -21,7 +21,10 @@ from flwr.clientapp import ClientApp
 
 from fedlr.config import experiment_from_json
 from fedlr.privacy.accountant import StepAccountant
-from fedlr.run.records import EXPERIMENT_KEY, PARTITION_KEY, from_record, to_record
+from fedlr.compression.base import canonical_keys
+from fedlr.compression.pipeline import encode_update
+from fedlr.run.records import EXPERIMENT_KEY, PARTITION_KEY, from_record, payload_record, to_record
+from fedlr.seeding import torch_generator
 from fedlr.workbench import get_workbench
 
 app = ClientApp()
@@ -29,6 +32,8 @@ app = ClientApp()
 STATE_CONFIG = "fedlr"
 STATE_ONCE = "fedlr.once"
 STATE_ACCOUNTANT = "fedlr.accountant"
+STATE_COMPRESSION = "fedlr.compression"
+ASSIGNMENT_KEY = "assignment"
 
 
 def _partition_id(context: Context) -> int:
@@ -74,8 +79,31 @@ def train(msg: Message, context: Context) -> Message:
     update, metrics = bench.client_round(_partition_id(context), server_round, global_state, once, accountant)
     if accountant is not None:
         save_accountant(context, accountant)  # only once the round succeeded: an unsent update spends nothing
-    content = RecordDict({"arrays": to_record(update), "metrics": MetricRecord(metrics)})
+    arrays = compress(exp, update, msg, context, server_round, bench)
+    content = RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)})
     return Message(content, reply_to=msg)
+
+
+def compress(exp, update, msg: Message, context: Context, server_round: int, bench):
+    """The update as it travels: plain fp32, or encoded by ``exp.compression`` with this client's
+    error-feedback memory and warm start (kept in its persistent state). Compression comes after
+    clipping and local noise (a post-processing of the DP release); under central noise the
+    encoded payload itself is clipped to the bound the server's noise is calibrated for."""
+    cfg = exp.compression
+    if not cfg.active:
+        return to_record(update)
+    state = from_record(context.state[STATE_COMPRESSION]) if STATE_COMPRESSION in context.state else {}
+    assignment = None
+    if ASSIGNMENT_KEY in msg.content.array_records:
+        values = msg.content[ASSIGNMENT_KEY][ASSIGNMENT_KEY].numpy().tolist()
+        assignment = dict(zip(canonical_keys(update), values))
+    plan = bench.privacy
+    clip = plan.max_grad_norm if plan is not None and plan.mode == "client_central" else None
+    gen = torch_generator(exp.seed, "compress", server_round, _partition_id(context))
+    payload, state = encode_update(update, cfg, state, gen, server_round=server_round, assignment=assignment,
+                                   clip_norm=clip)
+    context.state[STATE_COMPRESSION] = to_record(state)
+    return payload_record(payload)
 
 
 def load_accountant(context: Context, kind: str) -> StepAccountant:

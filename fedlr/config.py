@@ -16,6 +16,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from fedlr.compression.config import CompressionConfig
+from fedlr.errors import ConfigError
+
 METHOD_NAMES = ("fedit", "ffa_lora", "fed_sb", "fed_svd", "dp_lora", "fedpara", "full_ft")
 PRIVACY_MODES = ("none", "sample", "client_central", "client_local")
 BUNDLED_MODEL = "bundled:all-MiniLM-L6-v2"
@@ -23,8 +26,6 @@ TINY_MODEL = "tiny-random-bert"
 BUNDLED_DATASETS = ("rotten_tomatoes", "sms_spam")
 
 
-class ConfigError(ValueError):
-    """A configuration problem, reported to the user with exit code 2 before any work."""
 
 
 class _Section(BaseModel):
@@ -181,6 +182,7 @@ class Experiment(_Section):
     federation: FederationConfig = FederationConfig()
     train: TrainConfig = TrainConfig()
     privacy: PrivacyConfig = PrivacyConfig()
+    compression: CompressionConfig = CompressionConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     output: OutputConfig = OutputConfig()
 

@@ -6,6 +6,7 @@ formula the ledger's records obey (``fedlr.wire``) — and, under DP, the privac
 
 from __future__ import annotations
 
+from fedlr.compression.pipeline import compression_ratio, planned_bytes
 from fedlr.config import Experiment
 from fedlr.models.adapted import adapter_paths, build_adapted_model
 from fedlr.sampling import sample_clients
@@ -25,11 +26,21 @@ def communication_plan(exp: Experiment, num_labels: int, train_sizes: list[int] 
     adapter_keys = [k for k in adapted.trained_keys if k not in head]
     uplink_params = sum(n for _, n in entries(adapter_keys))
     head_params = sum(n for _, n in entries(adapted.head_keys))
-    per_round_bytes = record_wire_bytes(entries(adapted.trained_keys))
+    dense_round_bytes = record_wire_bytes(entries(adapted.trained_keys))
+    shapes = {k: tuple(params[k].shape) for k in adapted.trained_keys}
+    fed = exp.federation
+    comp = exp.compression
+    # uplink per client in each round: the codec's payload (dense during compression.warmup_rounds);
+    # under L-GreCo the uniform parameters, an upper bound for error_budget >= 1
+    uplink_by_round = [planned_bytes(shapes, comp, server_round=t) if comp.active else dense_round_bytes
+                       for t in range(1, fed.num_rounds + 1)]
+    per_round_bytes = uplink_by_round[-1]
+    # L-GreCo's per-tensor choice rides down with every message once the server has made it
+    assignment_bytes = record_wire_bytes([("assignment", len(shapes))]) if comp.adaptive == "lgreco" else 0
+    lgreco_rounds = sum(1 for t in range(2, fed.num_rounds + 1) if t > comp.warmup_rounds) if assignment_bytes else 0
     # FedSVD's A rides down every round beside the trained tensors; other methods send down what comes up
     down_round_bytes = record_wire_bytes(entries(adapted.round_keys))
     broadcast_params = sum(n for _, n in entries(adapted.broadcast_keys))
-    fed = exp.federation
 
     federated_sb_init = exp.method.name == "fed_sb" and exp.method.init == "federated"
     once_bytes = record_wire_bytes(entries(adapted.once_keys)) if federated_sb_init else 0
@@ -41,8 +52,9 @@ def communication_plan(exp: Experiment, num_labels: int, train_sizes: list[int] 
     for rnd in range(1, fed.num_rounds + 1):
         participants.update(sample_clients(exp.seed, rnd, fed.num_clients, fed.clients_per_round))
     client_rounds = fed.num_rounds * fed.clients_per_round
-    total_up = client_rounds * per_round_bytes + init_uplink
-    total_down = client_rounds * down_round_bytes + len(participants) * once_bytes
+    total_up = fed.clients_per_round * sum(uplink_by_round) + init_uplink
+    total_down = (client_rounds * down_round_bytes + len(participants) * once_bytes
+                  + fed.clients_per_round * lgreco_rounds * assignment_bytes)
     return {
         "method": exp.method.name,
         "rank": exp.method.rank if adapted.spec.adapter else None,
@@ -62,6 +74,9 @@ def communication_plan(exp: Experiment, num_labels: int, train_sizes: list[int] 
         "total_downlink_bytes": total_down,
         "total_bytes": total_up + total_down,
         "exact_aggregation": adapted.spec.exact,
+        "codec": comp.codec,
+        "compression_ratio": compression_ratio(shapes, comp) if comp.active else 1.0,
+        "dense_uplink_bytes_per_client": dense_round_bytes,
         **privacy_entries(exp, train_sizes),
     }
 

@@ -32,7 +32,9 @@ from fedlr.config import Experiment
 from fedlr.methods import MethodSpec
 from fedlr.privacy.client_level import central_noised_mean, uniform_mean
 from fedlr.privacy.planning import PrivacyPlan
-from fedlr.run.records import PARTITION_KEY, experiment_config, from_record, to_record
+from fedlr.compression.base import canonical_keys
+from fedlr.compression.pipeline import choose_assignment, decode_update, should_reselect
+from fedlr.run.records import PARTITION_KEY, experiment_config, from_record, record_payload, to_record
 from fedlr.sampling import sample_clients
 from fedlr.seeding import torch_generator
 from fedlr.validation import expected_of, update_problem
@@ -88,6 +90,8 @@ class FedLRStrategy(FedAvg):
         self.on_round = on_round or (lambda report: None)
         self.node_of: dict[int, int] = {}  # partition id -> Flower node id
         self.sent_to: dict[str, int] = {}  # message id -> partition id, for the last exchange
+        self.assignment: dict[str, int] | None = None  # L-GreCo's per-tensor codec parameters
+        self.last_aggregate: State | None = None  # θ_t − θ_{t−1} of the uploaded tensors (L-GreCo's input)
         self.has_once: set[int] = set()  # partition ids that already hold the once-broadcast tensors
         self.report: RoundReport | None = None
         self._totals = [0, 0]
@@ -138,10 +142,14 @@ class FedLRStrategy(FedAvg):
         fed = self.exp.federation
         pids = sample_clients(self.exp.seed, server_round, fed.num_clients, fed.clients_per_round)
         self.report.clients_sampled = pids
+        assignment = self.assignment_record(server_round)
         messages = []
         for pid in pids:
             content = RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": server_round})})
             self.report.downlink_bytes += arrays.count_bytes()
+            if assignment is not None:
+                content["assignment"] = assignment
+                self.report.downlink_bytes += assignment.count_bytes()
             if self.once_state and pid not in self.has_once:
                 once = to_record(self.once_state)
                 content["once"] = once
@@ -149,6 +157,31 @@ class FedLRStrategy(FedAvg):
                 self.has_once.add(pid)
             messages.append(Message(content, dst_node_id=self.node_of[pid], message_type=MessageType.TRAIN))
         return messages
+
+    def assignment_record(self, server_round: int) -> ArrayRecord | None:
+        """L-GreCo (``compression.adaptive = 'lgreco'``): every ``reselect_every`` rounds the server
+        re-chooses each tensor's codec parameter from the last aggregate update; every client gets
+        the same choice (an int32 per tensor, counted in the downlink), so message sizes reveal
+        nothing about a client."""
+        cfg = self.exp.compression
+        if cfg.adaptive != "lgreco":
+            return None
+        if self.last_aggregate is not None and should_reselect(cfg, server_round):
+            self.assignment = choose_assignment(self.last_aggregate, cfg)
+        if self.assignment is None:
+            return None
+        keys = canonical_keys(self.assignment)
+        return to_record({"assignment": torch.tensor([self.assignment[k] for k in keys], dtype=torch.int32)})
+
+    def decode(self, record: ArrayRecord, array_key: str, expected) -> State:
+        """The tensors a reply stands for: compressed updates are decoded (``PayloadError`` on
+        anything malformed), everything else read as is."""
+        cfg = self.exp.compression
+        if array_key != "arrays" or not cfg.active:
+            return from_record(record)
+        shapes = {k: shape for k, (shape, _) in expected.items()}
+        return decode_update(record_payload(record), cfg, shapes, server_round=self.report.round,
+                             assignment=self.assignment)
 
     def collect(self, replies: Iterable[Message], array_key: str, expected) -> list[tuple[int, State, MetricRecord]]:
         """Valid replies as (partition id, tensors, metrics) sorted by partition id. Error replies,
@@ -170,7 +203,7 @@ class FedLRStrategy(FedAvg):
                 rep.uplink_bytes += rec.count_bytes()
             try:
                 metrics = msg.content["metrics"]
-                tensors = from_record(msg.content[array_key])
+                tensors = self.decode(msg.content[array_key], array_key, expected)
                 reason = update_problem(tensors, expected)
                 weight = float(metrics["num-examples"])
                 if reason is None and not weight > 0:
@@ -205,6 +238,7 @@ class FedLRStrategy(FedAvg):
             log.warning("round %d: no valid update; the global state is unchanged", server_round)
             return None, None
         updates = [u for _, u, _ in accepted]
+        previous = self.state
         if mode == "client_central":
             gen = torch_generator(self.exp.seed, "server-noise", server_round)
             mean = central_noised_mean(updates, self.privacy.max_grad_norm, self.privacy.noise_multiplier,
@@ -215,6 +249,7 @@ class FedLRStrategy(FedAvg):
         else:
             weights = [float(m["num-examples"]) for _, _, m in accepted]
             self.state = self.spec.aggregate(self.state, updates, weights)
+        self.last_aggregate = {k: self.state[k] - previous[k] for k in updates[0]}
         self.report.train_loss = _weighted(accepted, "train_loss", "num-examples")
         self.report.client_val_accuracy = _weighted(accepted, "val_accuracy", "val_examples")
         return to_record(self.state), None

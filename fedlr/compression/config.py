@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from fedlr.config import ConfigError
+from fedlr.errors import ConfigError
 
 CODECS = ("none", "fp16", "qsgd", "topk", "powersgd")
 ADAPTIVE_CODECS = ("qsgd", "topk", "powersgd")  # the families with a per-tensor parameter

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord
 
 EXPERIMENT_KEY = "experiment"
 PARTITION_KEY = "partition-id"
@@ -18,6 +19,15 @@ def to_record(state: dict[str, torch.Tensor]) -> ArrayRecord:
 
 def from_record(record: ArrayRecord) -> dict[str, torch.Tensor]:
     return dict(record.to_torch_state_dict())
+
+
+def payload_record(payload: dict[str, np.ndarray]) -> ArrayRecord:
+    """A compressed payload (``fedlr.compression``) as the record that travels."""
+    return ArrayRecord(array_dict=OrderedDict((k, Array(np.ascontiguousarray(v))) for k, v in payload.items()))
+
+
+def record_payload(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {k: a.numpy() for k, a in record.items()}
 
 
 def experiment_config(json_text: str) -> ConfigRecord:
