@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from fedlr.compression.config import CompressionConfig
 from fedlr.errors import ConfigError
 
-METHOD_NAMES = ("fedit", "ffa_lora", "fed_sb", "fed_svd", "dp_lora", "fedpara", "full_ft")
+METHOD_NAMES = ("fedit", "ffa_lora", "fed_sb", "fed_svd", "dp_lora", "fedpara", "fedex_lora", "flora", "full_ft")
 PRIVACY_MODES = ("none", "sample", "client_central", "client_local")
 BUNDLED_MODEL = "bundled:all-MiniLM-L6-v2"
 TINY_MODEL = "tiny-random-bert"
@@ -62,7 +62,7 @@ class DataConfig(_Section):
 
 
 class MethodConfig(_Section):
-    name: Literal["fedit", "ffa_lora", "fed_sb", "fed_svd", "dp_lora", "fedpara", "full_ft"] = "fed_sb"
+    name: Literal["fedit", "ffa_lora", "fed_sb", "fed_svd", "dp_lora", "fedpara", "fedex_lora", "flora", "full_ft"] = "fed_sb"
     rank: int = Field(16, gt=0)
     alpha: float | None = Field(None, gt=0, description="LoRA alpha; scale s = alpha/rank (default alpha = rank)")
     train_head: bool = True

@@ -243,16 +243,22 @@ class FedLRStrategy(FedAvg):
             gen = torch_generator(self.exp.seed, "server-noise", server_round)
             mean = central_noised_mean(updates, self.privacy.max_grad_norm, self.privacy.noise_multiplier,
                                        self.exp.federation.clients_per_round, gen)
-            self.state = self.spec.aggregate(self.state, [mean], [1.0])
+            self.state = self.spec.aggregate(self.state, [mean], [1.0], **self.round_context(server_round))
         elif mode == "client_local":  # the noise is in the updates; uniform weights, as DP-FedAvg
-            self.state = self.spec.aggregate(self.state, [uniform_mean(updates)], [1.0])
+            self.state = self.spec.aggregate(self.state, [uniform_mean(updates)], [1.0], **self.round_context(server_round))
         else:
             weights = [float(m["num-examples"]) for _, _, m in accepted]
-            self.state = self.spec.aggregate(self.state, updates, weights)
+            self.state = self.spec.aggregate(self.state, updates, weights, **self.round_context(server_round))
         self.last_aggregate = {k: self.state[k] - previous[k] for k in updates[0]}
         self.report.train_loss = _weighted(accepted, "train_loss", "num-examples")
         self.report.client_val_accuracy = _weighted(accepted, "val_accuracy", "val_examples")
         return to_record(self.state), None
+
+    def round_context(self, server_round: int) -> dict:
+        """What FedEx-LoRA and FLoRA's aggregation needs beyond the updates."""
+        if not self.spec.needs_round_context:
+            return {}
+        return {"scale": self.exp.method.scale, "server_round": server_round, "seed": self.exp.seed}
 
     # ---------------------------------------------------------------- loop
     def run(self, grid: Grid, num_rounds: int) -> State:

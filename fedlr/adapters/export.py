@@ -23,6 +23,10 @@ def export_model(bench, out_dir: Path) -> Path:
         adapted.model.save_pretrained(out_dir)
         tokenizer.save_pretrained(out_dir)
         return out_dir
+    if "base.weight" in adapted.spec.broadcast:  # FedEx-LoRA, FLoRA: the base weights changed
+        merged_model(bench).save_pretrained(out_dir)
+        tokenizer.save_pretrained(out_dir)
+        return out_dir
     base = load_base_model(exp.model, bench.data.num_labels, exp.seed)
     heads = [name for name, _ in head_modules(base)]
     common = dict(r=exp.method.rank, alpha=exp.method.scale * exp.method.rank,
@@ -43,6 +47,24 @@ def export_model(bench, out_dir: Path) -> Path:
     peft_model.save_pretrained(out_dir, save_embedding_layers=False)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+def merged_model(bench):
+    """A plain Hugging Face model with every adapter merged: W = W0 (as corrected) + ΔW."""
+    from fedlr.models.adapted import adapter_paths
+
+    adapted, exp = bench.adapted, bench.exp
+    model = load_base_model(exp.model, bench.data.num_labels, exp.seed)
+    with torch.no_grad():
+        for path in adapter_paths(adapted):
+            layer = adapted.model.get_submodule(path)
+            target = model.get_submodule(path)
+            target.weight.copy_(layer.base.weight + layer.delta_weight())
+            if layer.base.bias is not None:
+                target.bias.copy_(layer.base.bias)
+        for name, _ in head_modules(model):
+            getattr(model, name).load_state_dict(getattr(adapted.model, name).state_dict())
+    return model
 
 
 def _copy_adapter(ours, theirs) -> None:

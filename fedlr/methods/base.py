@@ -30,27 +30,36 @@ class MethodSpec:
     exact: bool  # whether the aggregate equals the average of the clients' full-weight updates
     aggregate: Aggregate
     citation: str
-    broadcast: tuple[str, ...] = ()  # frozen adapter tensors the server resets and sends every round
+    broadcast: tuple[str, ...] = ()  # frozen tensors the server resets and sends every round
+    # aggregate also takes keyword arguments scale (s = α/r), server_round and seed
+    needs_round_context: bool = False
 
     def is_trained(self, param_name: str, train_head: bool, head_prefixes: tuple[str, ...]) -> bool:
         if self.trains == ("*",):
             return True
         if param_name.startswith(head_prefixes):
             return train_head
-        return any(f".{t}." in param_name for t in self.trains)
+        return _matches(param_name, self.trains)
 
     def is_broadcast_once(self, param_name: str) -> bool:
-        return any(f".{t}." in param_name for t in self.broadcast_once)
+        return _matches(param_name, self.broadcast_once)
 
     def is_broadcast(self, param_name: str) -> bool:
-        """Sent down every round with the trained tensors, never trained nor uploaded (FedSVD's A)."""
-        return any(f".{t}." in param_name for t in self.broadcast)
+        """Sent down every round with the trained tensors, never trained nor uploaded (FedSVD's A,
+        FedEx-LoRA's and FLoRA's corrected base weights)."""
+        return _matches(param_name, self.broadcast)
+
+
+def _matches(param_name: str, parts: tuple[str, ...]) -> bool:
+    """Whether a dotted name contains one of ``parts`` as whole components (``lora_A`` or
+    ``base.weight`` in ``...query.base.weight``)."""
+    return any(f".{t}." in f"{param_name}." for t in parts)
 
 
 def get_method(name: str) -> MethodSpec:
-    from fedlr.methods import dp_lora, fed_sb, fed_svd, fedit, fedpara, ffa_lora, full_ft
+    from fedlr.methods import dp_lora, fed_sb, fed_svd, fedex_lora, fedit, fedpara, ffa_lora, flora, full_ft
 
-    registry = {m.SPEC.name: m.SPEC for m in (fedit, ffa_lora, fed_sb, fed_svd, dp_lora, fedpara, full_ft)}
+    registry = {m.SPEC.name: m.SPEC for m in (fedit, ffa_lora, fed_sb, fed_svd, dp_lora, fedpara, fedex_lora, flora, full_ft)}
     if name not in registry:
         raise ConfigError(f"method.name: {name!r} is not a method; choose one of {sorted(registry)}")
     return registry[name]
