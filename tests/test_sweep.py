@@ -205,27 +205,40 @@ class FakeSimulation:
             "final_accuracy": accs[-1], "best_accuracy": max(accs), "majority_rate": 0.5, "test_examples": 64,
             "uplink_bytes": up, "downlink_bytes": down, "total_bytes": up + down, "trained_params": 100,
             "failed_client_rounds": 0, "rejected_updates": 0, "wall_time_s": 1.0 + exp.seed,
-            "run_dir": str(run_dir.path),
+            "run_dir": str(run_dir.path), **fake_privacy(exp),
         }
         run_dir.write_summary(summary)
         return summary
 
 
+def fake_privacy(exp) -> dict:
+    """What a private run's summary states: the ε it spent (at most the target; a little less
+    here, differently per seed, so the report's numbers can only come from the summaries)."""
+    if exp.privacy.mode == "none":
+        return {}
+    return {"epsilon": exp.privacy.target_epsilon * (0.99 - 0.01 * exp.seed), "delta": exp.privacy.delta,
+            "accountant": exp.privacy.accountant}
+
+
 def acceptance_sweep(tmp_path) -> Path:
-    data = tiny_data(tmp_path, {"method.name": ["fedit", "fed_sb"], "method.rank": [2, 4], "seed": [0, 1]})
+    data = tiny_data(tmp_path, {"method.name": ["fedit", "ffa_lora"], "privacy.target_epsilon": [1.0, 3.0],
+                                "seed": [0, 1]})
     data["federation"]["num_rounds"] = 3
+    data["privacy"] = {"mode": "sample", "target_epsilon": 1.0, "max_grad_norm": 1.0, "delta": 1e-5}
+    data["method"]["init"] = "random"  # the base names fed_sb, whose federated init is refused under DP
     return write_toml(tmp_path / "study.toml", data)
 
 
 def test_acceptance_interrupt_restart_and_report(tmp_path):
-    """2 methods x 2 ranks x 2 seeds: interrupted in the 4th run, restarted: exactly the five
+    """2 methods x 2 ε x 2 seeds: interrupted in the 4th run, restarted: exactly the five
     missing runs run (the interrupted one from scratch), and the report's rows and numbers are
     the ledgers'."""
     path = acceptance_sweep(tmp_path)
     sweep = load_sweep(path)
     assert len(sweep.points) == 8
     slugs = [p.slug for p in sweep.points]
-    assert slugs[0] == "method-fedit__rank-2__seed-0" and slugs[-1] == "method-fed_sb__rank-4__seed-1"
+    assert (slugs[0] == "method-fedit__target_epsilon-1.0__seed-0"
+            and slugs[-1] == "method-ffa_lora__target_epsilon-3.0__seed-1")
 
     first = FakeSimulation(interrupt_on=4)
     out: list[str] = []
@@ -234,7 +247,8 @@ def test_acceptance_interrupt_restart_and_report(tmp_path):
         execute_sweep(sweep, first, console=console)
     assert first.calls == slugs[:4]
     assert [sweep.status(p) for p in sweep.points] == ["complete"] * 3 + ["partial"] + ["pending"] * 4
-    assert any("interrupted during method-fedit__rank-4__seed-1; 3 of 8 runs complete" in line for line in out)
+    assert any("interrupted during method-fedit__target_epsilon-3.0__seed-1; 3 of 8 runs complete" in line
+               for line in out)
     done_before = {s: (sweep.root / s / "summary.json").stat().st_mtime_ns for s in slugs[:3]}
 
     # restart from the file, as `fedlr sweep study.toml` again would
@@ -248,7 +262,8 @@ def test_acceptance_interrupt_restart_and_report(tmp_path):
     assert sorted(p.name for p in sweep.root.iterdir() if p.is_dir()) == sorted(slugs)  # no "-2" copies
     assert any("3 complete, 5 to run" in line for line in out)
     assert any("removing" in line and slugs[3] in line for line in out)
-    assert any(line.startswith("[sweep 8/8] done  method-fed_sb__rank-4__seed-1") and "0 left" in line for line in out)
+    assert any(line.startswith("[sweep 8/8] done  method-ffa_lora__target_epsilon-3.0__seed-1") and "0 left" in line
+               for line in out)
     # the interrupted run was redone from scratch: one ledger row per round, not 1 + 4
     assert len(read_ledger(sweep.root / slugs[3])) == 4
     manifest = json.loads((sweep.root / "sweep.json").read_text())
@@ -272,6 +287,7 @@ def test_acceptance_interrupt_restart_and_report(tmp_path):
         up = sum(r["uplink_bytes"] for r in ledger)
         down = sum(r["downlink_bytes"] for r in ledger)
         row = runs[slug]
+        summary = json.loads((sweep.root / slug / "summary.json").read_text())
         assert row["method"] == config["method"]["name"] and int(row["rank"]) == config["method"]["rank"]
         assert int(row["seed"]) == config["seed"] and row["codec"] == "none"
         assert float(row["final_accuracy"]) == pytest.approx(accs[-1])
@@ -279,15 +295,16 @@ def test_acceptance_interrupt_restart_and_report(tmp_path):
         assert int(row["uplink_bytes"]) == up == ledger[-1]["cumulative_uplink_bytes"]
         assert int(row["downlink_bytes"]) == down
         assert float(row["total_MiB"]) == pytest.approx((up + down) / 2**20)
-        assert row["epsilon"] == "" and row["delta"] == ""
-        key = (config["method"]["name"], config["method"]["rank"])
-        expected_groups.setdefault(key, []).append((accs[-1], max(accs), up, down, 1.0 + config["seed"]))
+        assert float(row["epsilon"]) == pytest.approx(summary["epsilon"]) and summary["epsilon"] < 3.0
+        assert float(row["delta"]) == pytest.approx(1e-5)
+        key = (config["method"]["name"], config["privacy"]["target_epsilon"])
+        expected_groups.setdefault(key, []).append((accs[-1], max(accs), up, down, 1.0 + config["seed"],
+                                                    summary["epsilon"]))
 
     table = list(csv.DictReader((report_dir / "table.csv").open()))
-    assert [(r["method"], int(r["rank"])) for r in table] == [
-        ("fed_sb", 2), ("fed_sb", 4), ("fedit", 2), ("fedit", 4)]
+    assert sorted((r["method"], float(r["privacy.target_epsilon"])) for r in table) == sorted(expected_groups)
     for r in table:
-        runs_of = expected_groups[(r["method"], int(r["rank"]))]
+        runs_of = expected_groups[(r["method"], float(r["privacy.target_epsilon"]))]
         finals, bests = [x[0] for x in runs_of], [x[1] for x in runs_of]
         assert int(r["n_seeds"]) == 2 and r["seeds"] == "0 1"
         assert float(r["final_accuracy_mean"]) == pytest.approx(statistics.fmean(finals))
@@ -297,12 +314,12 @@ def test_acceptance_interrupt_restart_and_report(tmp_path):
         assert float(r["uplink_MiB_mean"]) == pytest.approx(statistics.fmean(x[2] for x in runs_of) / 2**20)
         assert float(r["downlink_MiB_mean"]) == pytest.approx(statistics.fmean(x[3] for x in runs_of) / 2**20)
         assert float(r["wall_time_s_mean"]) == pytest.approx(1.5)
-        assert r["epsilon_mean"] == ""
+        assert float(r["epsilon_mean"]) == pytest.approx(statistics.fmean(x[5] for x in runs_of))
     md = (report_dir / "table.md").read_text().splitlines()
     assert len(md) == 2 + 4
-    fedit4 = expected_groups[("fedit", 4)]
-    finals = [x[0] for x in fedit4]
-    assert f"{statistics.fmean(finals):.4f} ± {statistics.stdev(finals):.4f}" in md[-1]
+    for key, runs_of in expected_groups.items():
+        finals = [x[0] for x in runs_of]
+        assert any(f"{statistics.fmean(finals):.4f} ± {statistics.stdev(finals):.4f}" in line for line in md[2:])
     for name in ("accuracy_vs_bytes.png", "accuracy_vs_epsilon.png", "accuracy_per_round.png", "report.html"):
         assert (report_dir / name).stat().st_size > 1000
 
