@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fedlr.compression.config import CompressionConfig
-from fedlr.errors import ConfigError
+from fedlr.errors import ConfigError, format_validation_error
 
 METHOD_NAMES = ("fedit", "ffa_lora", "fed_sb", "fed_svd", "dp_lora", "fedpara", "fedex_lora", "flora", "full_ft")
 PRIVACY_MODES = ("none", "sample", "client_central", "client_local")
@@ -206,19 +206,6 @@ class Experiment(_Section):
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
 
 
-def _format_error(err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        if e["type"] == "extra_forbidden":
-            lines.append(f"{loc}: unknown key")
-        elif e["type"] == "literal_error":
-            lines.append(f"{loc}: {e['input']!r} is not allowed; {e['msg'][0].lower() + e['msg'][1:]}")
-        else:
-            lines.append(f"{loc}: {e['msg']} (got {e.get('input')!r})")
-    return "invalid experiment config:\n  " + "\n  ".join(lines)
-
-
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     parts = dotted.split(".")
     node = data
@@ -252,17 +239,20 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """An experiment file's tables; ConfigError if it is missing or not TOML."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"experiment file not found: {path}")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+
+
 def load_experiment(path: str | Path | None = None, overrides: list[str] | None = None) -> Experiment:
     """Read a TOML experiment, apply ``--set`` overrides, validate. Raises ConfigError."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"experiment file not found: {path}")
-        try:
-            data = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    data = read_toml(path) if path is not None else {}
     apply_overrides(data, overrides or [])
     return experiment_from_dict(data)
 
@@ -271,7 +261,7 @@ def experiment_from_dict(data: dict[str, Any]) -> Experiment:
     try:
         return Experiment.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_error(e)) from None
+        raise ConfigError(format_validation_error(e)) from None
 
 
 def experiment_from_json(text: str) -> Experiment:

@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterable
 
 from pydantic import BaseModel
 
-from fedlr.config import ConfigError, Experiment, apply_overrides, experiment_from_dict, to_toml
+from fedlr.config import ConfigError, Experiment, apply_overrides, experiment_from_dict, read_toml, to_toml
 from fedlr.results.console import Console, format_duration
 
 SWEEP_TABLE = "sweep"
@@ -259,15 +259,9 @@ def build_sweep(data: dict[str, Any], default_name: str) -> Sweep:
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     """Read an experiment TOML with a ``[sweep]`` table; ``--set`` overrides apply before the
     expansion (``--set federation.num_rounds=1``, ``--set sweep.mode=zip``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"experiment file not found: {path}")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    data = read_toml(path)
     apply_overrides(data, overrides or [])
-    return build_sweep(data, path.stem)
+    return build_sweep(data, Path(path).stem)
 
 
 # ----------------------------------------------------------------------------- execution

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from fedlr.errors import ConfigError
+from fedlr.errors import ConfigError, format_validation_error
 
 CODECS = ("none", "fp16", "qsgd", "topk", "powersgd")
 ADAPTIVE_CODECS = ("qsgd", "topk", "powersgd")  # the families with a per-tensor parameter
@@ -57,24 +57,9 @@ class CompressionConfig(BaseModel):
         return self.codec != "none"
 
 
-def _format(err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        loc = ".".join([SECTION, *(str(p) for p in e["loc"])])
-        if e["type"] == "extra_forbidden":
-            lines.append(f"{loc}: unknown key")
-        elif e["type"] == "literal_error":
-            lines.append(f"{loc}: {e['input']!r} is not allowed; {e['msg'][0].lower() + e['msg'][1:]}")
-        elif e["type"] == "value_error":
-            lines.append(f"{loc}: {e['msg'].removeprefix('Value error, ')}")
-        else:
-            lines.append(f"{loc}: {e['msg']} (got {e.get('input')!r})")
-    return "invalid experiment config:\n  " + "\n  ".join(lines)
-
-
 def compression_config(data: dict[str, Any] | None = None) -> CompressionConfig:
     """Validate a ``[compression]`` table; raises ConfigError naming ``compression.<field>``."""
     try:
         return CompressionConfig.model_validate(data or {})
     except ValidationError as e:
-        raise ConfigError(_format(e)) from None
+        raise ConfigError(format_validation_error(e, SECTION)) from None
