@@ -41,6 +41,7 @@ def run_server(grid: Grid, exp: Experiment, run_dir: RunDir, console: Console) -
         exp, adapted.spec, adapted.round_state(), {}, target_weights,
         evaluate=evaluate if exp.evaluation.central else None, on_round=on_round, privacy=bench.privacy,
     )
+    console.start(exp)
     console.header()
     final_state = strategy.run(grid, exp.federation.num_rounds)
     bench.load(strategy.once_state, final_state)
