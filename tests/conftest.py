@@ -24,3 +24,14 @@ TINY = ROOT / "experiments" / "tiny.toml"
 @pytest.fixture
 def tiny_path() -> Path:
     return TINY
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small tensors: one thread is faster and steadier on a shared 2-core box."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

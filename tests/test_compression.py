@@ -35,13 +35,7 @@ CODEC_CONFIGS = [
 LOSSY = [c for c in CODEC_CONFIGS if c["codec"] != "none"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: one thread is faster and steadier on a shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def cfg_id(c):

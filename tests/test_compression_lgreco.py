@@ -15,12 +15,7 @@ from fedlr.compression.lgreco import (Candidate, InfeasibleBudget, brute_force, 
 from fedlr.compression.pipeline import choose_assignment, should_reselect
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def random_tables(rng, layers, options):

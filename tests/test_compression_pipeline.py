@@ -20,12 +20,7 @@ LOSSY = [{"codec": "fp16"}, {"codec": "qsgd", "bits": 2}, {"codec": "qsgd", "bit
          {"codec": "topk", "density": 0.05}, {"codec": "powersgd", "rank": 1}, {"codec": "powersgd", "rank": 3}]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def update(seed, scale=0.1, dtype=torch.float32):
