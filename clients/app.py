@@ -11,6 +11,11 @@ Persistent per-client state (``context.state``): the experiment, the once-broadc
 under DP (``privacy.mode`` 'sample' or 'client_local') the client's accountant history
 (``fedlr.privacy.accountant.StepAccountant.state_dict``), so the ε a client reports is
 cumulative over every round it took part in and continues across a resume.
+
+Resume: with a state directory (node config ``state-dir``, or the one a simulation's server names
+in the query) a client snapshots that state after every round it trains
+(``fedlr.run.client_snapshots``); a query carrying ``resume-round`` = k restores its snapshot of
+round k. Injected faults (``[faults]``, ``fedlr.faults``) act here, before any work.
 """
 
 from __future__ import annotations
@@ -20,10 +25,13 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedlr.config import experiment_from_json
+from fedlr.faults import fault_for, garbage, inject
 from fedlr.privacy.accountant import StepAccountant
 from fedlr.compression.base import canonical_keys
 from fedlr.compression.pipeline import encode_update
-from fedlr.run.records import EXPERIMENT_KEY, PARTITION_KEY, from_record, payload_record, to_record
+from fedlr.run import client_snapshots
+from fedlr.run.records import (EXPERIMENT_KEY, KEEP_FROM_KEY, PARTITION_KEY, RESUME_ROUND_KEY, STATE_DIR_KEY,
+                               from_record, payload_record, to_record)
 from fedlr.seeding import torch_generator
 from fedlr.workbench import get_workbench
 
@@ -50,9 +58,23 @@ def _experiment(context: Context):
     return exp
 
 
+def _state_dir(context: Context) -> str | None:
+    return context.state[STATE_CONFIG].get(STATE_DIR_KEY) if STATE_CONFIG in context.state else None
+
+
 @app.query()
 def enroll(msg: Message, context: Context) -> Message:
-    context.state[STATE_CONFIG] = ConfigRecord({EXPERIMENT_KEY: msg.content["config"][EXPERIMENT_KEY]})
+    query = msg.content["config"]
+    mine = {EXPERIMENT_KEY: query[EXPERIMENT_KEY]}
+    state_dir = context.node_config.get(STATE_DIR_KEY, query.get(STATE_DIR_KEY))
+    if state_dir:
+        mine[STATE_DIR_KEY] = str(state_dir)
+    context.state[STATE_CONFIG] = ConfigRecord(mine)
+    resume_round = int(query.get(RESUME_ROUND_KEY, -1))
+    if resume_round >= 0 and state_dir:
+        exp = _experiment(context)
+        client_snapshots.restore(state_dir, _partition_id(context), resume_round, context.state, STATE_ACCOUNTANT,
+                                 keep_newest_accountant=exp.privacy.noise_source == "secure")
     return Message(RecordDict({"metrics": MetricRecord({PARTITION_KEY: _partition_id(context)})}), reply_to=msg)
 
 
@@ -67,11 +89,17 @@ def sb_init(msg: Message, context: Context) -> Message:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     exp = _experiment(context)
-    if "once" in msg.content.array_records:
-        context.state[STATE_ONCE] = msg.content["once"]
-    once = from_record(context.state[STATE_ONCE]) if STATE_ONCE in context.state else {}
     server_round = int(msg.content["config"]["server-round"])
     global_state = from_record(msg.content["arrays"])
+    if "once" in msg.content.array_records:
+        context.state[STATE_ONCE] = msg.content["once"]
+    fault = fault_for(exp, server_round, _partition_id(context))
+    if fault == "garbage":
+        content = RecordDict({"arrays": to_record(garbage(global_state)), "metrics": MetricRecord({"num-examples": 1})})
+        return Message(content, reply_to=msg)
+    if fault is not None:
+        inject(fault, exp, server_round, _partition_id(context))
+    once = from_record(context.state[STATE_ONCE]) if STATE_ONCE in context.state else {}
     bench = get_workbench(exp)
     accountant = None
     if bench.privacy is not None and bench.privacy.mode in ("sample", "client_local"):
@@ -80,6 +108,10 @@ def train(msg: Message, context: Context) -> Message:
     if accountant is not None:
         save_accountant(context, accountant)  # only once the round succeeded: an unsent update spends nothing
     arrays = compress(exp, update, msg, context, server_round, bench)
+    if (state_dir := _state_dir(context)) is not None:
+        keep_from = msg.content["config"].get(KEEP_FROM_KEY)
+        client_snapshots.save(state_dir, _partition_id(context), server_round, context.state, skip=(STATE_CONFIG,),
+                              keep_from=None if keep_from is None else int(keep_from))
     content = RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)})
     return Message(content, reply_to=msg)
 

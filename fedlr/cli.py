@@ -18,7 +18,13 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     for name, help_ in (("run", "simulate an experiment"), ("plan", "communication plan, no training")):
         c = sub.add_parser(name, help=help_)
-        c.add_argument("experiment", help="experiment TOML file")
+        if name == "run":
+            c.add_argument("experiment", nargs="?", help="experiment TOML file (not with --resume)")
+            c.add_argument("--resume", metavar="RUN_DIR", default=None,
+                           help="continue a killed run from its newest valid checkpoint (same ledger and model "
+                                "as an uninterrupted run)")
+        else:
+            c.add_argument("experiment", help="experiment TOML file")
         c.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="override a field; the value is parsed as TOML (repeatable)")
         if name == "plan":
@@ -117,6 +123,32 @@ def cmd_run(exp: Experiment, args) -> int:
     return 0
 
 
+def cmd_resume(args) -> int:
+    """``fedlr run --resume RUN_DIR``: the run's own config.toml, its newest valid checkpoint."""
+    from fedlr import checkpoint
+    from fedlr.results import RunDir
+    from fedlr.results.console import Console
+    from fedlr.run.simulation import simulate
+
+    if args.experiment is not None or args.overrides:
+        raise ConfigError("--resume RUN_DIR continues a run with the configuration it was started with; "
+                          "give no experiment file and no --set")
+    from fedlr.preflight import preflight
+
+    run_dir = RunDir.existing(args.resume)
+    exp = run_dir.experiment()
+    preflight(exp)
+    console = Console(quiet=args.quiet or exp.output.quiet)
+    if (run_dir.path / "summary.json").is_file():
+        console.print(f"fedlr: {run_dir.path} is complete (summary.json exists); nothing to resume")
+        return 0
+    if checkpoint.latest(run_dir.checkpoint_dir) is None:
+        raise ConfigError(f"--resume {run_dir.path}: no valid checkpoint in {run_dir.checkpoint_dir} "
+                          "(was output.checkpoint false, or did the run stop before round 0 ended?)")
+    simulate(exp, run_dir, console, resume=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handler = logging.StreamHandler()
@@ -125,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if getattr(args, "func", None) is not None:  # sweep, report
             return args.func(args)
+        if args.command == "run" and args.resume is not None:
+            return cmd_resume(args)
+        if args.experiment is None:
+            raise ConfigError("fedlr run: give an experiment TOML file, or --resume RUN_DIR")
         exp = load_experiment(args.experiment, args.overrides)
         return {"run": cmd_run, "plan": cmd_plan}[args.command](exp, args)
     except ConfigError as e:

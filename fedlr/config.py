@@ -12,7 +12,7 @@ import json
 import math
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -73,10 +73,47 @@ class MethodConfig(_Section):
     init_step_size: float = Field(
         1e-3, gt=0, description="fed_sb: step size eta of the approximated first step -eta*sign(G)"
     )
+    # why each method but flora cannot take client_ranks (docs/methods.md, Heterogeneous ranks)
+    RANK_HETEROGENEITY_REFUSED: ClassVar[dict[str, str]] = {
+        "fedit": "it averages A and B entrywise, which needs one shape (zero-padding them as HetLoRA does is inexact)",
+        "dp_lora": "it averages A and B entrywise, which needs one shape (zero-padding them as HetLoRA does is inexact)",
+        "ffa_lora": "it averages B against the one frozen A every client shares",
+        "fed_svd": "it averages B against the one A the server re-factorizes for every client",
+        "fed_sb": "it averages the r x r matrix R between the one B and A every client shares",
+        "fedpara": "it averages the LoHa factors entrywise, which needs one shape",
+        "fedex_lora": "it sends every client the one averaged adapter (A, B) to continue from; its residual is exact "
+                      "for any ranks, but restarting clients of other ranks would need a per-client truncation and "
+                      "base weight, which is not the published method",
+        "full_ft": "it trains every weight and has no adapter rank",
+    }
+    client_ranks: list[int] | None = Field(
+        None, min_length=1,
+        description="heterogeneous client ranks (flora only): rank tiers assigned to partition ids cyclically, "
+        "client k trains rank client_ranks[k % len(client_ranks)] (give num_clients entries for one rank per "
+        "client); every client keeps the scale s = alpha/rank. Unset: every client trains method.rank",
+    )
+
+    @model_validator(mode="after")
+    def _client_ranks_fit(self) -> "MethodConfig":
+        if self.client_ranks is None:
+            return self
+        bad = [r for r in self.client_ranks if r <= 0]
+        if bad:
+            raise ValueError(f"method.client_ranks: ranks must be positive integers, got {bad}")
+        if self.name in self.RANK_HETEROGENEITY_REFUSED:
+            raise ValueError(
+                f"method.client_ranks: {self.name} cannot give clients different ranks: "
+                f"{self.RANK_HETEROGENEITY_REFUSED[self.name]}. Use method.name = 'flora', which stacks adapters "
+                "of any ranks exactly (docs/methods.md, Heterogeneous ranks)")
+        return self
 
     @property
     def scale(self) -> float:
         return (self.alpha if self.alpha is not None else self.rank) / self.rank
+
+    def client_rank(self, partition_id: int) -> int:
+        """The adapter rank of client ``partition_id``: its tier in ``client_ranks``, else ``rank``."""
+        return self.client_ranks[partition_id % len(self.client_ranks)] if self.client_ranks else self.rank
 
 
 class FederationConfig(_Section):
@@ -87,6 +124,11 @@ class FederationConfig(_Section):
     num_gpus: float = Field(0.0, ge=0, le=1, description="fraction of a GPU per client (0: CPU)")
     ray_num_cpus: int | None = Field(None, gt=0, description="CPUs Ray may use (default: all)")
     round_timeout_s: float = Field(3600.0, gt=0)
+    enroll_timeout_s: float = Field(600.0, gt=0, description="how long the server waits for every client to "
+                                    "connect and answer the enrollment query (workers start slowly)")
+    min_replies: int = Field(
+        1, gt=0, description="valid updates a round needs to aggregate; with fewer the global model stays as it "
+        "was and the ledger row says aggregated = false")
 
     @model_validator(mode="after")
     def _sampling_fits(self) -> "FederationConfig":
@@ -94,7 +136,31 @@ class FederationConfig(_Section):
             raise ValueError(
                 f"clients_per_round ({self.clients_per_round}) must be <= num_clients ({self.num_clients})"
             )
+        if self.min_replies > self.clients_per_round:
+            raise ValueError(f"min_replies ({self.min_replies}) must be <= clients_per_round "
+                             f"({self.clients_per_round}): no round could ever aggregate")
         return self
+
+
+FAULT_KINDS = ("raise", "hang", "garbage")
+
+
+class FaultConfig(_Section):
+    """Injected client failures, to study robustness in simulation (``fedlr.faults``). In each
+    round every sampled client fails with probability ``fraction``, the kind drawn uniformly from
+    ``kinds``: ``raise`` (an exception: an error reply), ``hang`` (sleeps ``hang_s`` past the round
+    timeout: no reply) or ``garbage`` (a reply of NaN tensors of the wrong shapes: rejected).
+    The draw is seeded by (seed, round, partition id), so a run and its resume fail alike."""
+
+    fraction: float = Field(0.0, ge=0, le=1, description="probability that a sampled client fails in a round")
+    kinds: list[Literal["raise", "hang", "garbage"]] = Field(
+        list(FAULT_KINDS), min_length=1, description="ways a failing client fails, drawn uniformly")
+    hang_s: float | None = Field(
+        None, gt=0, description="how long a hanging client sleeps (default: federation.round_timeout_s + 5)")
+
+    @property
+    def active(self) -> bool:
+        return self.fraction > 0
 
 
 class TrainConfig(_Section):
@@ -137,6 +203,10 @@ class PrivacyConfig(_Section):
     accountant: Literal["rdp", "prv"] = Field("rdp", description="RDP (default) or PRV; never GDP")
     grad_sample_mode: Literal["hooks", "functorch"] = Field(
         "hooks", description="Opacus per-sample gradients: per-layer hooks (default for LoRA) or functorch")
+    noise_source: Literal["seeded", "secure"] = Field(
+        "seeded", description="seeded: noise drawn from the experiment seed (reproducible; a resumed run is "
+        "identical); secure: every draw seeded from the operating system's CSPRNG (os.urandom) with Opacus's "
+        "secure_mode sampling — for deployments; not reproducible")
 
     @model_validator(mode="after")
     def _noise_is_set_once(self) -> "PrivacyConfig":
@@ -172,6 +242,9 @@ class OutputConfig(_Section):
     name: str | None = None
     export_peft: bool = True
     quiet: bool = False
+    checkpoint: bool = Field(True, description="write an atomic checkpoint after every round (fedlr run --resume)")
+    keep_checkpoints: int = Field(2, ge=2, description="newest checkpoints kept; older ones are deleted (at least "
+                                  "2, so a corrupt newest one falls back to the one before)")
 
 
 class Experiment(_Section):
@@ -183,6 +256,7 @@ class Experiment(_Section):
     train: TrainConfig = TrainConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     compression: CompressionConfig = CompressionConfig()
+    faults: FaultConfig = FaultConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     output: OutputConfig = OutputConfig()
 
@@ -193,6 +267,23 @@ class Experiment(_Section):
                 "method.init: 'federated' sends clients' raw gradients to the server without differential "
                 f"privacy (Fed-SB's init round), which privacy.mode {self.privacy.mode!r} would not account for; "
                 "use method.init = 'random' under DP")
+        return self
+
+    @model_validator(mode="after")
+    def _client_ranks_fit_the_run(self) -> "Experiment":
+        ranks, n = self.method.client_ranks, self.federation.num_clients
+        if ranks is None:
+            return self
+        if len(ranks) > n:
+            raise ValueError(f"method.client_ranks: {len(ranks)} ranks for federation.num_clients = {n} clients; "
+                             f"entries after the first {n} would never be used")
+        if self.privacy.enabled and self.privacy.mode in ("client_central", "client_local"):
+            raise ValueError(f"method.client_ranks: privacy.mode {self.privacy.mode!r} averages the clients' update "
+                             "tensors before aggregation, which needs one rank; use privacy.mode 'sample' "
+                             "(DP-SGD in each client) with heterogeneous ranks")
+        if self.compression.adaptive == "lgreco":
+            raise ValueError("method.client_ranks: compression.adaptive 'lgreco' chooses one codec parameter per "
+                             "tensor from an aggregate of one shape; use compression.adaptive = 'none'")
         return self
 
     def to_dict(self) -> dict[str, Any]:

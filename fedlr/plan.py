@@ -6,6 +6,8 @@ formula the ledger's records obey (``fedlr.wire``) — and, under DP, the privac
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from fedlr.compression.pipeline import compression_ratio, planned_bytes
 from fedlr.config import Experiment
 from fedlr.models.adapted import adapter_paths, build_adapted_model
@@ -15,32 +17,34 @@ from fedlr.wire import record_wire_bytes
 
 def communication_plan(exp: Experiment, num_labels: int, train_sizes: list[int] | None = None) -> dict:
     """Bytes (and ε under DP). ``train_sizes``: the clients' training-set sizes, derived from the
-    data when not given (only needed under DP)."""
+    data when not given (only needed under DP).
+
+    Under ``method.client_ranks`` each client uploads its factors at its own rank: the per-client
+    figures come as lists by partition id (``*_by_client``; the scalar ``*_per_client`` fields are
+    then None) and every round's uplink is the sum over the clients the seed samples in it
+    (``uplink_bytes_by_round``). What travels down does not depend on a client's rank."""
     adapted = build_adapted_model(exp, num_labels, meta=True)
+    fed = exp.federation
+    comp = exp.compression
+    rank_of = [exp.method.client_rank(pid) for pid in range(fed.num_clients)]
+    uplink = {}  # rank -> what one client of that rank uploads
+    for rank in sorted(set(rank_of)):
+        adapted.use_rank(rank, exp.seed)
+        uplink[rank] = _client_uplink(adapted, comp, fed.num_rounds)
+    adapted.use_rank(exp.method.rank, exp.seed)
     params = adapted.parameters_by_name()
 
     def entries(keys):
         return [(k, params[k].numel()) for k in keys]
 
-    head = set(adapted.head_keys)
-    adapter_keys = [k for k in adapted.trained_keys if k not in head]
-    uplink_params = sum(n for _, n in entries(adapter_keys))
     head_params = sum(n for _, n in entries(adapted.head_keys))
-    dense_round_bytes = record_wire_bytes(entries(adapted.trained_keys))
-    shapes = {k: tuple(params[k].shape) for k in adapted.trained_keys}
-    fed = exp.federation
-    comp = exp.compression
-    # uplink per client in each round: the codec's payload (dense during compression.warmup_rounds);
-    # under L-GreCo the uniform parameters, an upper bound for error_budget >= 1
-    uplink_by_round = [planned_bytes(shapes, comp, server_round=t) if comp.active else dense_round_bytes
-                       for t in range(1, fed.num_rounds + 1)]
-    per_round_bytes = uplink_by_round[-1]
     # L-GreCo's per-tensor choice rides down with every message once the server has made it
-    assignment_bytes = record_wire_bytes([("assignment", len(shapes))]) if comp.adaptive == "lgreco" else 0
+    lgreco = comp.adaptive == "lgreco"
+    assignment_bytes = record_wire_bytes([("assignment", len(adapted.trained_keys))]) if lgreco else 0
     lgreco_rounds = sum(1 for t in range(2, fed.num_rounds + 1) if t > comp.warmup_rounds) if assignment_bytes else 0
-    # FedSVD's A rides down every round beside the trained tensors; other methods send down what comes up
-    down_round_bytes = record_wire_bytes(entries(adapted.round_keys))
-    broadcast_params = sum(n for _, n in entries(adapted.broadcast_keys))
+    # FedSVD's A and FedEx/FLoRA's base weights ride down beside the trained tensors; FLoRA's fresh
+    # adapters do not travel (every party draws them from the seed)
+    down_round_bytes = record_wire_bytes(entries(adapted.downlink_keys))
 
     federated_sb_init = exp.method.name == "fed_sb" and exp.method.init == "federated"
     once_bytes = record_wire_bytes(entries(adapted.once_keys)) if federated_sb_init else 0
@@ -49,23 +53,32 @@ def communication_plan(exp: Experiment, num_labels: int, train_sizes: list[int] 
         grads = [(f"{p}.base.weight", params[f"{p}.base.weight"].numel()) for p in adapter_paths(adapted)]
         init_uplink = fed.clients_per_round * record_wire_bytes(grads)
     participants = set()
+    uplink_by_round = []
     for rnd in range(1, fed.num_rounds + 1):
-        participants.update(sample_clients(exp.seed, rnd, fed.num_clients, fed.clients_per_round))
+        sampled = sample_clients(exp.seed, rnd, fed.num_clients, fed.clients_per_round)
+        participants.update(sampled)
+        uplink_by_round.append(sum(uplink[rank_of[pid]].bytes_by_round[rnd - 1] for pid in sampled))
     client_rounds = fed.num_rounds * fed.clients_per_round
-    total_up = fed.clients_per_round * sum(uplink_by_round) + init_uplink
+    total_up = sum(uplink_by_round) + init_uplink
     total_down = (client_rounds * down_round_bytes + len(participants) * once_bytes
                   + fed.clients_per_round * lgreco_rounds * assignment_bytes)
+    by_client = [uplink[r] for r in rank_of]
+    one = by_client[0] if len(uplink) == 1 else None  # every client uploads alike
     return {
         "method": exp.method.name,
         "rank": exp.method.rank if adapted.spec.adapter else None,
+        "client_ranks": rank_of if exp.method.client_ranks else None,
         "targets": list(exp.model.targets),
         "num_rounds": fed.num_rounds,
         "num_clients": fed.num_clients,
         "clients_per_round": fed.clients_per_round,
-        "uplink_params_per_client": uplink_params,
+        "uplink_params_per_client": one.adapter_params if one else None,
         "head_params": head_params,
-        "downlink_params": uplink_params + head_params + broadcast_params,
-        "uplink_bytes_per_client": per_round_bytes,
+        "downlink_params": sum(n for _, n in entries(adapted.downlink_keys)),
+        "uplink_bytes_per_client": one.bytes_by_round[-1] if one else None,
+        "uplink_params_by_client": [u.adapter_params for u in by_client],
+        "uplink_bytes_by_client": [u.bytes_by_round[-1] for u in by_client],
+        "uplink_bytes_by_round": uplink_by_round,
         "downlink_bytes": down_round_bytes,
         "once_downlink_bytes_per_client": once_bytes,
         "distinct_participants": len(participants),
@@ -75,10 +88,32 @@ def communication_plan(exp: Experiment, num_labels: int, train_sizes: list[int] 
         "total_bytes": total_up + total_down,
         "exact_aggregation": adapted.spec.exact,
         "codec": comp.codec,
-        "compression_ratio": compression_ratio(shapes, comp) if comp.active else 1.0,
-        "dense_uplink_bytes_per_client": dense_round_bytes,
+        "compression_ratio": one.compression_ratio if one else None,
+        "dense_uplink_bytes_per_client": one.dense_bytes if one else None,
         **privacy_entries(exp, train_sizes),
     }
+
+
+@dataclass(frozen=True)
+class ClientUplink:
+    adapter_params: int  # trained adapter values (the head apart)
+    dense_bytes: int  # the fp32 record of every trained tensor
+    bytes_by_round: list[int]  # what travels in rounds 1..T: the codec's payload (dense during warm-up)
+    compression_ratio: float
+
+
+def _client_uplink(adapted, comp, num_rounds: int) -> ClientUplink:
+    """What one client with ``adapted``'s current adapters uploads each round; under L-GreCo the
+    uniform parameters, an upper bound for error_budget >= 1."""
+    params = adapted.parameters_by_name()
+    head = set(adapted.head_keys)
+    shapes = {k: tuple(params[k].shape) for k in adapted.trained_keys}
+    dense = record_wire_bytes((k, params[k].numel()) for k in adapted.trained_keys)
+    by_round = [planned_bytes(shapes, comp, server_round=t) if comp.active else dense for t in range(1, num_rounds + 1)]
+    return ClientUplink(
+        adapter_params=sum(params[k].numel() for k in adapted.trained_keys if k not in head),
+        dense_bytes=dense, bytes_by_round=by_round,
+        compression_ratio=compression_ratio(shapes, comp) if comp.active else 1.0)
 
 
 def privacy_entries(exp: Experiment, train_sizes: list[int] | None) -> dict:
@@ -103,12 +138,24 @@ def privacy_entries(exp: Experiment, train_sizes: list[int] | None) -> dict:
 
 def format_plan(plan: dict) -> str:
     mib = 2**20
-    lines = [
-        f"method {plan['method']}, rank {plan['rank']}, targets {plan['targets']}",
-        f"{plan['num_rounds']} rounds x {plan['clients_per_round']} of {plan['num_clients']} clients",
-        f"per client per round: up {plan['uplink_params_per_client']:,} adapter + {plan['head_params']:,} head params "
-        f"= {plan['uplink_bytes_per_client']:,} bytes; down {plan['downlink_bytes']:,} bytes",
-    ]
+    if plan["client_ranks"] is None:
+        lines = [
+            f"method {plan['method']}, rank {plan['rank']}, targets {plan['targets']}",
+            f"{plan['num_rounds']} rounds x {plan['clients_per_round']} of {plan['num_clients']} clients",
+            f"per client per round: up {plan['uplink_params_per_client']:,} adapter + {plan['head_params']:,} head "
+            f"params = {plan['uplink_bytes_per_client']:,} bytes; down {plan['downlink_bytes']:,} bytes",
+        ]
+    else:
+        by_rank = dict(zip(plan["client_ranks"], zip(plan["uplink_params_by_client"], plan["uplink_bytes_by_client"])))
+        lines = [
+            f"method {plan['method']}, client ranks {plan['client_ranks']} (by partition id), "
+            f"targets {plan['targets']}",
+            f"{plan['num_rounds']} rounds x {plan['clients_per_round']} of {plan['num_clients']} clients",
+            *(f"per client of rank {rank} per round: up {params:,} adapter + {plan['head_params']:,} head params "
+              f"= {up:,} bytes" for rank, (params, up) in sorted(by_rank.items())),
+            f"per client per round: down {plan['downlink_bytes']:,} bytes, whatever its rank; up per round (the "
+            f"sampled clients): {', '.join(f'{b:,}' for b in plan['uplink_bytes_by_round'])} bytes",
+        ]
     if plan["init_uplink_bytes"] or plan["once_downlink_bytes_per_client"]:
         lines.append(f"init round: up {plan['init_uplink_bytes']:,} bytes; frozen factors once per client: "
                      f"{plan['once_downlink_bytes_per_client']:,} bytes x {plan['distinct_participants']} clients")

@@ -18,7 +18,8 @@ from fedlr.models import choose_device, load_tokenizer
 from fedlr.models.adapted import AdaptedModel, adapter_paths, build_adapted_model
 from fedlr.privacy.accountant import StepAccountant
 from fedlr.privacy.client_level import add_local_noise, clip_update
-from fedlr.privacy.dp_sgd import DPSGDSettings, dp_local_train, noise_generator
+from fedlr.privacy.dp_sgd import DPSGDSettings, dp_local_train
+from fedlr.privacy.noise import noise_generator
 from fedlr.privacy.planning import PrivacyPlan, plan_privacy
 from fedlr.seeding import derive_seed, torch_generator
 from fedlr.train import EvalResult, evaluate, local_train, summed_weight_gradients
@@ -58,6 +59,9 @@ class Workbench:
         if len(data) == 0:
             raise ValueError(f"client {partition_id} has no training examples and cannot take part in training "
                              "(its update would be empty; under DP-SGD its sampling rate batch_size/n is undefined)")
+        # this client's own rank (method.client_ranks) and the tensors it draws itself (FLoRA's fresh adapters)
+        self.adapted.use_rank(exp.method.client_rank(partition_id), exp.seed)
+        global_state = {**global_state, **self.adapted.fresh_state(exp.seed, server_round)}
         self.load(once_state, global_state)
         metrics: dict[str, float] = {}
         if exp.evaluation.client_side:
@@ -72,8 +76,10 @@ class Workbench:
         plan = self.privacy
         if plan is not None and plan.mode == "sample":
             dp = DPSGDSettings(plan.noise_multiplier, plan.max_grad_norm, plan.sample_rates[partition_id],
-                               exp.privacy.grad_sample_mode, per_tensor_clipping=exp.method.name == "dp_lora")
-            noise = noise_generator(derive_seed(exp.seed, "dp-noise", server_round, partition_id), self.device)
+                               exp.privacy.grad_sample_mode, per_tensor_clipping=exp.method.name == "dp_lora",
+                               secure_mode=exp.privacy.noise_source == "secure")
+            noise = noise_generator(exp.privacy.noise_source, exp.seed, "dp-noise", server_round, partition_id,
+                                    device=self.device)
             res = dp_local_train(self.adapted.model, params, head, data, exp.train, dp, gen, noise, self.device)
             metrics.update({"dp_empty_batches": res.empty_batches, "dp_mean_batch_size": res.mean_batch_size})
         else:
@@ -83,7 +89,7 @@ class Workbench:
         if plan is not None and plan.mode == "client_central":
             update, _ = clip_update(update, plan.max_grad_norm)
         elif plan is not None and plan.mode == "client_local":
-            noise_gen = torch_generator(exp.seed, "client-noise", server_round, partition_id)
+            noise_gen = noise_generator(exp.privacy.noise_source, exp.seed, "client-noise", server_round, partition_id)
             update = add_local_noise(update, plan.max_grad_norm, plan.noise_multiplier, noise_gen)
         if plan is not None and plan.mode in ("sample", "client_local"):
             if accountant is None:
@@ -108,6 +114,7 @@ class Workbench:
         return grads, n
 
     def central_eval(self, global_state: State, once_state: State) -> EvalResult:
+        self.adapted.use_rank(self.exp.method.rank, self.exp.seed)  # the server's rank, after any client's
         self.load(once_state, global_state)
         return evaluate(self.adapted.model, self.data.test(), self.exp.evaluation.batch_size, self.device)
 

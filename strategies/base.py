@@ -9,7 +9,12 @@ It subclasses ``flwr.serverapp.strategy.FedAvg`` and overrides
   method's pure ``aggregate`` — sample-weighted, or under client-level DP on the uniform
   (``client_local``) or clipped-and-noised fixed-denominator (``client_central``) mean update;
 - ``start``: fedlr's round loop (enrollment, an optional init round, rounds, central evaluation,
-  one ``RoundReport`` per round for the ledger).
+  one ``RoundReport`` per round for the ledger, a checkpoint after each round).
+Resume (``fedlr run --resume``): ``checkpoint_state`` is everything the loop carries from one
+round to the next (the global and once-broadcast tensors, who holds them, L-GreCo's choice and
+input, the clients' last ε, the federation accountant, the byte totals); ``run(resume=...)``
+restores it, tells every client in the enrollment query which round to restore its own state
+to, and continues. Every random draw derives from (seed, purpose, round), so no RNG state is kept.
 Bytes are counted from the ArrayRecords actually sent and received (``ArrayRecord.count_bytes``).
 Privacy (``fedlr.privacy``): each row carries the cumulative ε — the largest of any client's
 (sample-level and ``client_local``: clients report their own accountant's ε) or the federation's
@@ -19,6 +24,7 @@ Privacy (``fedlr.privacy``): each row carries the cumulative ε — the largest 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable
@@ -30,14 +36,17 @@ from flwr.serverapp.strategy import FedAvg
 
 from fedlr.config import Experiment
 from fedlr.methods import MethodSpec
-from fedlr.privacy.client_level import central_noised_mean, uniform_mean
+from fedlr.privacy.client_level import central_noised_mean, global_norm, uniform_mean
+from fedlr.privacy.federation_accountant import FederationAccountant
+from fedlr.privacy.noise import noise_generator
 from fedlr.privacy.planning import PrivacyPlan
 from fedlr.compression.base import canonical_keys
-from fedlr.compression.pipeline import choose_assignment, decode_update, should_reselect
-from fedlr.run.records import PARTITION_KEY, experiment_config, from_record, record_payload, to_record
+from fedlr.compression.pipeline import choose_assignment, decode_update, planned_bytes, should_reselect
+from fedlr.run.records import (KEEP_FROM_KEY, PARTITION_KEY, RESUME_ROUND_KEY, STATE_DIR_KEY, experiment_config,
+                               from_record, record_payload, to_record)
 from fedlr.sampling import sample_clients
-from fedlr.seeding import torch_generator
-from fedlr.validation import expected_of, update_problem
+from fedlr.validation import at_rank, expected_of, update_problem
+from fedlr.wire import record_wire_bytes
 
 log = logging.getLogger("fedlr")
 State = dict[str, torch.Tensor]
@@ -52,6 +61,7 @@ class RoundReport:
     clients_replied: int = 0
     clients_failed: int = 0
     clients_rejected: int = 0
+    aggregated: bool = False  # False when fewer than federation.min_replies valid updates arrived
     failures: list[dict] = field(default_factory=list)
     train_loss: float | None = None
     client_val_accuracy: float | None = None
@@ -75,7 +85,8 @@ class FedLRStrategy(FedAvg):
     def __init__(self, exp: Experiment, spec: MethodSpec, state: State, once_state: State,
                  target_weights: dict[str, tuple[tuple[int, ...], torch.dtype]],
                  evaluate: Callable[[State, State], tuple[float, float]] | None = None,
-                 on_round: Callable[[RoundReport], None] | None = None, privacy: PrivacyPlan | None = None):
+                 on_round: Callable[[RoundReport], None] | None = None, privacy: PrivacyPlan | None = None,
+                 checkpoint: Callable[[int, dict], None] | None = None, client_state_dir: str | None = None):
         fed = exp.federation
         super().__init__(
             fraction_train=fed.clients_per_round / fed.num_clients, fraction_evaluate=0.0,
@@ -88,6 +99,10 @@ class FedLRStrategy(FedAvg):
         self.target_weights = target_weights  # "<layer>.base.weight" -> (shape, dtype), for init rounds
         self.evaluate = evaluate
         self.on_round = on_round or (lambda report: None)
+        self.checkpoint = checkpoint  # (round, checkpoint_state()) after every round
+        self.client_state_dir = client_state_dir  # where simulated clients snapshot their state
+        self.resume_round = -1  # the round a resumed run restarts after (-1: a fresh run)
+        self._wall_offset = 0.0  # wall time the run had spent before it was resumed
         self.node_of: dict[int, int] = {}  # partition id -> Flower node id
         self.sent_to: dict[str, int] = {}  # message id -> partition id, for the last exchange
         self.assignment: dict[str, int] | None = None  # L-GreCo's per-tensor codec parameters
@@ -104,18 +119,26 @@ class FedLRStrategy(FedAvg):
         """What each client uploads: every state tensor but the per-round broadcast ones (FedSVD's A)."""
         return expected_of({k: v for k, v in self.state.items() if not self.spec.is_broadcast(k)})
 
+    def expected_from(self, pid: int, expected):
+        """``expected`` for client ``pid``: with ``method.client_ranks`` its LoRA factors at its own rank."""
+        return at_rank(expected, self.exp.method.client_rank(pid)) if self.exp.method.client_ranks else expected
+
     # ---------------------------------------------------------------- enrollment
     def enroll(self, grid: Grid) -> None:
         """Wait for every client, send it the experiment, learn its partition id."""
         want = self.exp.federation.num_clients
-        deadline = time.monotonic() + self.exp.federation.round_timeout_s
+        deadline = time.monotonic() + self.exp.federation.enroll_timeout_s
         while len(node_ids := list(grid.get_node_ids())) < want:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"only {len(node_ids)} of {want} clients connected")
             time.sleep(0.5)
-        content = RecordDict({"config": experiment_config(self.exp.to_json())})
+        query = experiment_config(self.exp.to_json())
+        query[RESUME_ROUND_KEY] = self.resume_round
+        if self.client_state_dir is not None:
+            query[STATE_DIR_KEY] = self.client_state_dir
+        content = RecordDict({"config": query})
         msgs = [Message(content, dst_node_id=n, message_type=MessageType.QUERY) for n in node_ids]
-        for reply in grid.send_and_receive(msgs, timeout=self.exp.federation.round_timeout_s):
+        for reply in grid.send_and_receive(msgs, timeout=self.exp.federation.enroll_timeout_s):
             if reply.has_error():
                 raise RuntimeError(f"client enrollment failed: {reply.error.reason}")
             pid = int(reply.content["metrics"][PARTITION_KEY])
@@ -143,9 +166,12 @@ class FedLRStrategy(FedAvg):
         pids = sample_clients(self.exp.seed, server_round, fed.num_clients, fed.clients_per_round)
         self.report.clients_sampled = pids
         assignment = self.assignment_record(server_round)
+        if self.spec.fresh:  # FLoRA: each client draws its fresh adapters from the seed at its own rank
+            arrays = ArrayRecord(array_dict={k: a for k, a in arrays.items() if not self.spec.is_fresh(k)})
         messages = []
         for pid in pids:
-            content = RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": server_round})})
+            config = ConfigRecord({"server-round": server_round, KEEP_FROM_KEY: self.keep_from(server_round)})
+            content = RecordDict({"arrays": arrays, "config": config})
             self.report.downlink_bytes += arrays.count_bytes()
             if assignment is not None:
                 content["assignment"] = assignment
@@ -154,9 +180,13 @@ class FedLRStrategy(FedAvg):
                 once = to_record(self.once_state)
                 content["once"] = once
                 self.report.downlink_bytes += once.count_bytes()
-                self.has_once.add(pid)
             messages.append(Message(content, dst_node_id=self.node_of[pid], message_type=MessageType.TRAIN))
         return messages
+
+    def keep_from(self, server_round: int) -> int:
+        """The oldest round the server may still resume from once this round is checkpointed:
+        clients keep the state snapshots a resume from there needs."""
+        return max(0, server_round - self.exp.output.keep_checkpoints)
 
     def assignment_record(self, server_round: int) -> ArrayRecord | None:
         """L-GreCo (``compression.adaptive = 'lgreco'``): every ``reselect_every`` rounds the server
@@ -199,12 +229,15 @@ class FedLRStrategy(FedAvg):
                 self._fail(pid, "error", msg.error.reason)
                 continue
             rep.clients_replied += 1
-            for rec in msg.content.array_records.values():
-                rep.uplink_bytes += rec.count_bytes()
+            received = sum(rec.count_bytes() for rec in msg.content.array_records.values())
+            rep.uplink_bytes += received
             try:
                 metrics = msg.content["metrics"]
-                tensors = self.decode(msg.content[array_key], array_key, expected)
-                reason = update_problem(tensors, expected)
+                want = self.expected_from(pid, expected)
+                reason = self.size_problem(received, array_key, want)
+                if reason is None:
+                    tensors = self.decode(msg.content[array_key], array_key, want)
+                    reason = update_problem(tensors, want) or self.norm_problem(tensors, array_key)
                 weight = float(metrics["num-examples"])
                 if reason is None and not weight > 0:
                     reason = f"num-examples {weight} is not positive"
@@ -221,6 +254,28 @@ class FedLRStrategy(FedAvg):
         accepted.sort(key=lambda t: t[0])
         return accepted
 
+    def size_problem(self, received: int, array_key: str, expected) -> str | None:
+        """A training reply larger than the plan allows: the dense record of the expected tensors,
+        or the codec's payload for this round's parameters (sizes are data-independent)."""
+        if array_key != "arrays":
+            return None
+        shapes = {k: shape for k, (shape, _) in expected.items()}
+        if self.exp.compression.active:
+            allowed = planned_bytes(shapes, self.exp.compression, server_round=self.report.round,
+                                    assignment=self.assignment)
+        else:
+            allowed = record_wire_bytes([(k, math.prod(shape)) for k, shape in shapes.items()])
+        return None if received <= allowed else f"{received} bytes received, more than the {allowed} the plan allows"
+
+    def norm_problem(self, update: State, array_key: str) -> str | None:
+        """Under ``client_central`` every update must lie within the clipping bound S the server's
+        noise is calibrated for (a client that skipped clipping would break the guarantee)."""
+        if array_key != "arrays" or self.privacy is None or self.privacy.mode != "client_central":
+            return None
+        norm = global_norm(update)
+        bound = self.privacy.max_grad_norm
+        return None if norm <= bound * (1 + 1e-4) else f"update norm {norm:.6g} exceeds the clipping bound S = {bound}"
+
     def _fail(self, pid: int, kind: str, reason: str) -> None:
         self.report.clients_failed += 1
         self.report.failures.append({"partition": pid, "kind": kind, "reason": reason})
@@ -232,15 +287,19 @@ class FedLRStrategy(FedAvg):
         if mode == "client_central":
             self.federation_accountant.compose(1)  # a release every round, even one that carries no update
         for pid, _, metrics in accepted:
+            self.has_once.add(pid)  # it trained with them (a failed client gets them again)
             if "epsilon" in metrics:
                 self.client_epsilon[pid] = float(metrics["epsilon"])
-        if not accepted:
-            log.warning("round %d: no valid update; the global state is unchanged", server_round)
+        needed = self.exp.federation.min_replies
+        if len(accepted) < needed:
+            log.warning("round %d: %d valid update(s), fewer than federation.min_replies = %d; the global "
+                        "state is unchanged", server_round, len(accepted), needed)
             return None, None
+        self.report.aggregated = True
         updates = [u for _, u, _ in accepted]
         previous = self.state
         if mode == "client_central":
-            gen = torch_generator(self.exp.seed, "server-noise", server_round)
+            gen = noise_generator(self.exp.privacy.noise_source, self.exp.seed, "server-noise", server_round)
             mean = central_noised_mean(updates, self.privacy.max_grad_norm, self.privacy.noise_multiplier,
                                        self.exp.federation.clients_per_round, gen)
             self.state = self.spec.aggregate(self.state, [mean], [1.0], **self.round_context(server_round))
@@ -261,11 +320,38 @@ class FedLRStrategy(FedAvg):
         return {"scale": self.exp.method.scale, "server_round": server_round, "seed": self.exp.seed}
 
     # ---------------------------------------------------------------- loop
+    def checkpoint_state(self, server_round: int) -> dict:
+        """Everything the next round needs (plain values and tensors: ``fedlr.checkpoint``)."""
+        return {
+            "round": server_round, "state": self.state, "once_state": self.once_state,
+            "has_once": sorted(self.has_once), "assignment": self.assignment, "last_aggregate": self.last_aggregate,
+            "client_epsilon": {str(k): v for k, v in self.client_epsilon.items()},
+            "federation_accountant": (self.federation_accountant.state_dict()
+                                      if self.federation_accountant is not None else None),
+            "totals": list(self._totals), "fingerprint": self.exp.fingerprint(),
+            "wall_time_s": self.report.wall_time_s,
+        }
+
+    def restore(self, saved: dict) -> None:
+        """Continue after the checkpointed round (the inverse of ``checkpoint_state``)."""
+        if saved["fingerprint"] != self.exp.fingerprint():
+            raise RuntimeError("the checkpoint was written by a different experiment configuration")
+        self.resume_round = int(saved["round"])
+        self.state, self.once_state = dict(saved["state"]), dict(saved["once_state"])
+        self.has_once = set(saved["has_once"])
+        self.assignment, self.last_aggregate = saved["assignment"], saved["last_aggregate"]
+        self.client_epsilon = {int(k): float(v) for k, v in saved["client_epsilon"].items()}
+        if saved["federation_accountant"] is not None:
+            self.federation_accountant = FederationAccountant.from_state(saved["federation_accountant"])
+        self._totals = list(saved["totals"])
+        self._wall_offset = float(saved["wall_time_s"])
+
     def run(self, grid: Grid, num_rounds: int) -> State:
-        """Enroll, run round 0 (init + evaluation of the initial model), then ``num_rounds`` rounds."""
+        """Enroll, run round 0 (init + evaluation of the initial model), then ``num_rounds`` rounds;
+        after ``restore``, the rounds after the restored one."""
         started = time.perf_counter()
         self.enroll(grid)
-        for server_round in range(0, num_rounds + 1):
+        for server_round in range(self.resume_round + 1, num_rounds + 1):
             self.report = RoundReport(round=server_round, clients_sampled=[])
             if server_round == 0:
                 self.initialize(grid, self.report)
@@ -280,8 +366,10 @@ class FedLRStrategy(FedAvg):
             self._totals[1] += self.report.downlink_bytes
             self.report.cumulative_uplink_bytes, self.report.cumulative_downlink_bytes = self._totals
             self.report.cumulative_bytes = sum(self._totals)
-            self.report.wall_time_s = round(time.perf_counter() - started, 3)
-            self.on_round(self.report)
+            self.report.wall_time_s = round(self._wall_offset + time.perf_counter() - started, 3)
+            self.on_round(self.report)  # the ledger row first: a kill before the checkpoint replays the round
+            if self.checkpoint is not None:
+                self.checkpoint(server_round, self.checkpoint_state(server_round))
         return self.state
 
     def record_privacy(self, report: RoundReport) -> None:

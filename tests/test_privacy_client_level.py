@@ -113,8 +113,11 @@ def test_central_strategy_clips_adds_seeded_noise_and_composes_one_release_per_r
     exp = experiment("client_central")
     state = {"a.lora_A.weight": torch.zeros(4, 6), "head.bias": torch.zeros(3)}
     strat, plan = strategy_for(exp, dict(state))
-    ups = [update(5.0, seed=i) for i in range(2)]  # 2 of the 3 sampled clients reply
-    rep = run_round(strat, 1, [(0, ups[0], {"num-examples": 10.0}), (4, ups[1], {"num-examples": 1000.0})])
+    ups = [clip_update(update(5.0, seed=i), S)[0] for i in range(2)]  # 2 of the 3 sampled clients: valid
+    unclipped = update(5.0, seed=7)  # the third skipped its clipping: rejected, never aggregated
+    rep = run_round(strat, 1, [(0, ups[0], {"num-examples": 10.0}), (4, ups[1], {"num-examples": 1000.0}),
+                               (5, unclipped, {"num-examples": 10.0})])
+    assert rep.clients_rejected == 1 and "exceeds the clipping bound" in rep.failures[0]["reason"]
     expected = central_noised_mean(ups, S, 1.2, 3, torch_generator(3, "server-noise", 1))
     assert all(torch.allclose(strat.state[k], state[k] + expected[k], atol=1e-6) for k in state)
     assert rep.epsilon == pytest.approx(central_epsilon(1.2, 6, 3, 1, 1e-3)) and rep.delta == 1e-3

@@ -16,7 +16,8 @@ from fedlr.adapters import inject_adapters
 from fedlr.config import TrainConfig
 from fedlr.data.tokens import TokenizedSet
 from fedlr.privacy.accountant import StepAccountant
-from fedlr.privacy.dp_sgd import DPSGDSettings, PrivateTrainer, dp_local_train, noise_generator
+from fedlr.privacy.dp_sgd import DPSGDSettings, PrivateTrainer, dp_local_train
+from fedlr.privacy.noise import noise_generator
 from fedlr.train import local_train
 
 CUDA = torch.cuda.is_available()
@@ -54,7 +55,7 @@ def test_dp_sgd_on_the_gpu_moves_exactly_the_trained_tensors():
     cfg = TrainConfig(local_steps=4, batch_size=16, lr=0.01)
     dp = DPSGDSettings(noise_multiplier=0.5, max_grad_norm=1.0, sample_rate=16 / 200)
     res = dp_local_train(model, params, [], data, cfg, dp, torch.Generator().manual_seed(1),
-                         noise_generator(2, "cuda"), torch.device("cuda"))
+                         noise_generator("seeded", 2, device="cuda"), torch.device("cuda"))
     assert res.steps == 4
     for name, p in model.named_parameters():
         assert p.is_cuda
@@ -85,7 +86,7 @@ def test_noise_std_on_the_gpu_is_sigma_times_c():
     sigma, c, n, q = 1.7, 0.3, 200, 0.04
     batch = {"input_ids": torch.randint(0, 50, (8, 6), device="cuda")}
     moves = []
-    with PrivateTrainer(model, params, [], cfg, DPSGDSettings(sigma, c, q), n, noise_generator(0, "cuda")) as t:
+    with PrivateTrainer(model, params, [], cfg, DPSGDSettings(sigma, c, q), n, noise_generator("seeded", 0, device="cuda")) as t:
         for step in range(3):
             before = [p.detach().clone() for p in params]
             t.step(batch if step % 2 else None)
@@ -121,7 +122,7 @@ def benchmark(steps=30, batch=32, length=64):
                 mode = "hooks" if label == "DP hooks" else "functorch"
                 dp = DPSGDSettings(1.0, 1.0, batch / n, grad_sample_mode=mode)
                 dp_local_train(model, params, [], data, cfg_k, dp, torch.Generator().manual_seed(0),
-                               noise_generator(0, "cuda"), torch.device("cuda"))
+                               noise_generator("seeded", 0, device="cuda"), torch.device("cuda"))
         run(3)  # warm-up
         rows.append((label, 1000 * _time_steps(run, steps)))
     base = rows[0][1]

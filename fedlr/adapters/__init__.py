@@ -8,7 +8,8 @@ Opacus computes their per-sample gradients with its standard Linear sampler.
 Weights follow PEFT's orientation: ``lora_A.weight`` is (r, d_in), ``lora_B.weight`` (d_out, r).
 """
 
-from fedlr.adapters.inject import ADAPTER_KINDS, adapter_layers, inject_adapters
+from fedlr.adapters.inject import ADAPTER_KINDS, adapter_layers, inject_adapters, resize_adapters
 from fedlr.adapters.layers import LoHaLinear, LoRALinear, LoRASBLinear
 
-__all__ = ["ADAPTER_KINDS", "LoHaLinear", "LoRALinear", "LoRASBLinear", "adapter_layers", "inject_adapters"]
+__all__ = ["ADAPTER_KINDS", "LoHaLinear", "LoRALinear", "LoRASBLinear", "adapter_layers", "inject_adapters",
+           "resize_adapters"]

@@ -31,13 +31,22 @@ def inject_adapters(model: nn.Module, targets: list[str], kind: str, rank: int, 
         )
     paths = sorted(p for ps in found.values() for p in ps)
     for path in paths:
-        parent_path, _, child = path.rpartition(".")
-        parent = model.get_submodule(parent_path) if parent_path else model
-        base = getattr(parent, child)
-        layer = cls(base, rank, scale)
-        layer.reset(torch_generator(seed, "adapter", path))
-        setattr(parent, child, layer)
+        _replace(model, path, cls(model.get_submodule(path), rank, scale), seed)
     return paths
+
+
+def resize_adapters(model: nn.Module, rank: int, seed: int) -> None:
+    """Give every adapter layer rank ``rank``: a new layer of the same kind and scale around the
+    same frozen base module, initialized from the same (seed, path) stream as ``inject_adapters``."""
+    for path, layer in adapter_layers(model).items():
+        _replace(model, path, type(layer)(layer.base, rank, layer.scale), seed)
+
+
+def _replace(model: nn.Module, path: str, layer: nn.Module, seed: int) -> None:
+    layer.reset(torch_generator(seed, "adapter", path))
+    parent_path, _, child = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    setattr(parent, child, layer)
 
 
 def adapter_layers(model: nn.Module) -> dict[str, nn.Module]:

@@ -33,6 +33,10 @@ class MethodSpec:
     broadcast: tuple[str, ...] = ()  # frozen tensors the server resets and sends every round
     # aggregate also takes keyword arguments scale (s = α/r), server_round and seed
     needs_round_context: bool = False
+    # trained tensors every party draws from the seed at the start of each round, at its own rank
+    # (FLoRA's fresh A and B = 0): never sent down. draw_fresh(seed, server_round, {key: shape})
+    fresh: tuple[str, ...] = ()
+    draw_fresh: Callable[[int, int, Mapping[str, tuple[int, ...]]], State] | None = None
 
     def is_trained(self, param_name: str, train_head: bool, head_prefixes: tuple[str, ...]) -> bool:
         if self.trains == ("*",):
@@ -43,6 +47,9 @@ class MethodSpec:
 
     def is_broadcast_once(self, param_name: str) -> bool:
         return _matches(param_name, self.broadcast_once)
+
+    def is_fresh(self, param_name: str) -> bool:
+        return _matches(param_name, self.fresh)
 
     def is_broadcast(self, param_name: str) -> bool:
         """Sent down every round with the trained tensors, never trained nor uploaded (FedSVD's A,

@@ -1,13 +1,20 @@
 """FLoRA (Wang et al., NeurIPS 2024, arXiv 2409.05976): stacking, merged every round.
 
-Every round each sampled client trains a fresh LoRA (A random, B = 0); the server stacks
-B_stack = [B_1 … B_K], A_stack = [p_1A_1; …; p_KA_K] so that B_stack·A_stack = Σp_kB_kA_k, merges
-W0 ← W0 + s·B_stack·A_stack (exact, reference/methods.md §2.8) and starts the next round from new
-fresh adapters, drawn from (seed, round, layer). The merged base weights travel down every round,
-dense (d_out·d_in per layer).
+Every round each sampled client trains a fresh LoRA (A random, B = 0) of its own rank r_k
+(``method.client_ranks``; ``method.rank`` for all when unset); the server stacks
+B_stack = [B_1 … B_K] (d_out×Σr_k), A_stack = [p_1A_1; …; p_KA_K] (Σr_k×d_in) so that
+B_stack·A_stack = Σp_kB_kA_k whatever the ranks, merges W0 ← W0 + s·B_stack·A_stack (exact,
+reference/methods.md §2.8) and starts the next round from new fresh adapters.
+
+The fresh adapters are drawn from (seed, round, layer) at each client's rank by every party
+(``fresh_factors``), so they never travel: the server sends the merged base weights (dense,
+d_out·d_in per layer) and the head, the same record to every client whatever its rank, and a
+client uploads ΔA_k, ΔB_k at its own rank.
 """
 
 from __future__ import annotations
+
+from typing import Mapping
 
 import torch
 
@@ -20,25 +27,53 @@ from fedlr.seeding import torch_generator
 A, B, BASE = ".lora_A.weight", ".lora_B.weight", ".base.weight"
 
 
+def fresh_factors(seed: int, server_round: int, layer: str, rank: int, d_in: int, d_out: int):
+    """(A, B) a client of rank r starts round t from: A (r×d_in) Kaiming-uniform(a=√5), B = 0 (d_out×r).
+
+    Round 1 draws A from the adapter injection's own stream (seed, "adapter", layer), so the initial
+    model is round 1's start; round t > 1 from (seed, "flora", t − 1, layer). Clients of one rank
+    share A; ranks differ only in how many rows are drawn."""
+    gen = (torch_generator(seed, "adapter", layer) if server_round == 1
+           else torch_generator(seed, "flora", server_round - 1, layer))
+    return kaiming_uniform((rank, d_in), gen), torch.zeros(d_out, rank)
+
+
+def draw_fresh(seed: int, server_round: int, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    """``fresh_factors`` for every layer among ``shapes`` (its LoRA factors' keys and shapes)."""
+    fresh = {}
+    for a_key in (k for k in shapes if k.endswith(A)):
+        layer = a_key[: -len(A)]
+        (rank, d_in), d_out = shapes[a_key], shapes[layer + B][0]
+        fresh[a_key], fresh[layer + B] = fresh_factors(seed, server_round, layer, rank, d_in, d_out)
+    return fresh
+
+
 def aggregate(state, updates, weights, *, scale: float, server_round: int, seed: int, **_):
-    """W0 += s·B_stack·A_stack per layer; the head averaged; fresh A (Kaiming, seeded), B = 0."""
+    """W0 += s·B_stack·A_stack per layer with A_k = A_fresh(r_k) + ΔA_k, B_k = ΔB_k, each client at
+    the rank its update has; the head averaged; the state's A, B become round t+1's fresh adapters
+    at the server's rank."""
     trained = list(updates[0])
     new_state = dict(state)
     new_state.update(weighted_mean_update({k: state[k] for k in trained if not k.endswith((A, B))}, updates, weights))
     for a_key in (k for k in trained if k.endswith(A)):
         layer = a_key[: -len(A)]
-        a_k = [(state[a_key] + u[a_key]).double() for u in updates]
-        b_k = [(state[layer + B] + u[layer + B]).double() for u in updates]
+        a_k, b_k = [], []
+        for u in updates:
+            (rank, d_in), d_out = u[a_key].shape, u[layer + B].shape[0]
+            a0, b0 = fresh_factors(seed, server_round, layer, rank, d_in, d_out)
+            a_k.append(a0.double() + u[a_key].double())
+            b_k.append(b0.double() + u[layer + B].double())
         b_stack, a_stack = flora_stack(b_k, a_k, weights)
         base = state[layer + BASE]
         new_state[layer + BASE] = (base.double() + scale * b_stack @ a_stack).to(base.dtype)
-        fresh = kaiming_uniform(tuple(state[a_key].shape), torch_generator(seed, "flora", server_round, layer))
-        new_state[a_key] = fresh.to(state[a_key].dtype)
-        new_state[layer + B] = torch.zeros_like(state[layer + B])
+        (rank, d_in), d_out = state[a_key].shape, state[layer + B].shape[0]
+        a_next, b_next = fresh_factors(seed, server_round + 1, layer, rank, d_in, d_out)
+        new_state[a_key], new_state[layer + B] = a_next.to(state[a_key].dtype), b_next.to(state[layer + B].dtype)
     return new_state
 
 
 SPEC = MethodSpec(
     name="flora", adapter="lora", trains=("lora_A", "lora_B"), broadcast_once=(), broadcast=("base.weight",),
     exact=True, aggregate=aggregate, citation="Wang et al., arXiv 2409.05976", needs_round_context=True,
+    fresh=("lora_A", "lora_B"), draw_fresh=draw_fresh,
 )

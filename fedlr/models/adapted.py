@@ -8,7 +8,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from fedlr.adapters import adapter_layers, inject_adapters
+from fedlr.adapters import adapter_layers, inject_adapters, resize_adapters
 from fedlr.config import ConfigError, Experiment
 from fedlr.methods import MethodSpec, get_method
 from fedlr.models import head_modules, load_base_model, model_skeleton
@@ -18,15 +18,43 @@ from fedlr.models import head_modules, load_base_model, model_skeleton
 class AdaptedModel:
     model: nn.Module
     spec: MethodSpec
-    trained_keys: list[str]  # travel every round (down and up)
+    trained_keys: list[str]  # travel every round, up, and down unless drawn fresh (``downlink_keys``)
     once_keys: list[str]  # frozen, reach each client once (Fed-SB's B and A)
     head_keys: list[str]  # the trained non-adapter tensors (a subset of trained_keys)
     broadcast_keys: list[str] = field(default_factory=list)  # frozen, sent down every round (FedSVD's A)
+    rank: int | None = None  # the adapters' current rank (None: full fine-tuning)
 
     @property
     def round_keys(self) -> list[str]:
-        """What the server sends each round: the trained tensors, then the per-round broadcast ones."""
+        """The global state the server keeps: the trained tensors, then the per-round broadcast ones."""
         return self.trained_keys + self.broadcast_keys
+
+    @property
+    def downlink_keys(self) -> list[str]:
+        """What the server sends each round: ``round_keys`` but the ones every party draws fresh
+        from the seed (FLoRA's A and B)."""
+        return [k for k in self.round_keys if not self.spec.is_fresh(k)]
+
+    def use_rank(self, rank: int, seed: int) -> None:
+        """Rebuild the adapters at ``rank`` (a client's own, ``method.client_ranks``) around the same
+        frozen base weights; a no-op at the current rank. Every process serves clients of any rank
+        with one model this way."""
+        if self.spec.adapter is None or rank == self.rank:
+            return
+        resize_adapters(self.model, rank, seed)
+        trained = set(self.trained_keys)
+        for name, param in self.model.named_parameters():
+            param.requires_grad_(name in trained)
+        self.rank = rank
+
+    def fresh_state(self, seed: int, server_round: int) -> dict[str, torch.Tensor]:
+        """The tensors this model starts ``server_round`` from that no message carries (FLoRA's fresh
+        adapters at this model's rank), on the CPU like a received record; empty for other methods."""
+        if self.spec.draw_fresh is None:
+            return {}
+        params = self.parameters_by_name()
+        shapes = {k: tuple(params[k].shape) for k in self.trained_keys if self.spec.is_fresh(k)}
+        return self.spec.draw_fresh(seed, server_round, shapes)
 
     def parameters_by_name(self) -> dict[str, nn.Parameter]:
         return dict(self.model.named_parameters())
@@ -39,7 +67,7 @@ class AdaptedModel:
         return self.state(self.trained_keys)
 
     def round_state(self) -> dict[str, torch.Tensor]:
-        """The global state the server keeps and broadcasts every round (``round_keys``)."""
+        """The global state the server keeps (``round_keys``); it sends the ``downlink_keys`` of it."""
         return self.state(self.round_keys)
 
     def once_state(self) -> dict[str, torch.Tensor]:
@@ -79,18 +107,18 @@ def build_adapted_model(exp: Experiment, num_labels: int, *, meta: bool = False)
             once.append(name)
         elif spec.is_broadcast(name):
             broadcast.append(name)
-    return AdaptedModel(model, spec, trained, once, head, broadcast)
+    return AdaptedModel(model, spec, trained, once, head, broadcast, exp.method.rank if spec.adapter else None)
 
 
 def _check_rank(model: nn.Module, exp: Experiment) -> None:
     targets = set(exp.model.targets)
+    ranks = [("method.rank", exp.method.rank)] + [("method.client_ranks", r) for r in exp.method.client_ranks or []]
     for path, module in model.named_modules():
         if path.rsplit(".", 1)[-1] in targets and isinstance(module, nn.Linear):
             limit = min(module.in_features, module.out_features)
-            if exp.method.rank > limit:
-                raise ConfigError(
-                    f"method.rank: {exp.method.rank} exceeds min(d_in, d_out) = {limit} of layer {path}"
-                )
+            for field_name, rank in ranks:
+                if rank > limit:
+                    raise ConfigError(f"{field_name}: {rank} exceeds min(d_in, d_out) = {limit} of layer {path}")
 
 
 def adapter_paths(adapted: AdaptedModel) -> list[str]:

@@ -52,6 +52,7 @@ class DPSGDSettings:
     sample_rate: float  # q = B / n_k
     grad_sample_mode: str = "hooks"  # "hooks" | "functorch"
     per_tensor_clipping: bool = False  # DP-LoRA: C/√P per trained tensor
+    secure_mode: bool = False  # Opacus's floating-point-attack-robust sampling (privacy.noise_source 'secure')
 
 
 @dataclass
@@ -88,7 +89,7 @@ class PrivateTrainer:
                                      force_functorch=self.dp.grad_sample_mode == "functorch")
         inner = make_optimizer(self.params, self.head_params, self.train_cfg)
         common = dict(noise_multiplier=self.dp.noise_multiplier, expected_batch_size=self.expected_batch_size,
-                      loss_reduction="mean", generator=self.noise_generator)
+                      loss_reduction="mean", generator=self.noise_generator, secure_mode=self.dp.secure_mode)
         if self.dp.per_tensor_clipping:
             n = sum(len(g["params"]) for g in inner.param_groups)
             self.optimizer = DPPerLayerOptimizer(inner, max_grad_norm=[self.dp.max_grad_norm / math.sqrt(n)] * n, **common)
@@ -133,12 +134,6 @@ class PrivateTrainer:
                     if hasattr(m, attr):
                         delattr(m, attr)
             self.model.eval()
-
-
-def noise_generator(seed: int, device: torch.device | str) -> torch.Generator:
-    """A generator on the model's device: Opacus draws the noise where the gradients live (a CPU
-    generator cannot feed ``torch.normal`` on a GPU)."""
-    return torch.Generator(device=device).manual_seed(seed)
 
 
 def dp_local_train(model: nn.Module, params: list[nn.Parameter], head_params: list[nn.Parameter],

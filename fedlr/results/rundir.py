@@ -6,6 +6,8 @@
       ledger.jsonl     one JSON object per round (round 0: init + initial evaluation)
       summary.json     final figures
       model/           the final adapters as a standard PEFT checkpoint
+      checkpoints/     the server's state after the newest rounds (``fedlr run --resume``)
+      client-state/    simulated clients' snapshots of their persistent state
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import json
 import time
 from pathlib import Path
 
-from fedlr.config import Experiment, to_toml
+from fedlr.checkpoint import write_atomic
+from fedlr.config import ConfigError, Experiment, load_experiment, to_toml
 
 SEED_STREAMS = {
     "client sampling": "derive_seed(seed, 'sample', round)",
@@ -47,9 +50,44 @@ class RunDir:
         (path / "seeds.json").write_text(json.dumps({"seed": exp.seed, "streams": SEED_STREAMS}, indent=2) + "\n")
         return run
 
+    @classmethod
+    def existing(cls, path: str | Path) -> "RunDir":
+        """A run directory written before (``fedlr run --resume``); ConfigError if it is not one."""
+        path = Path(path)
+        if not (path / "config.toml").is_file():
+            raise ConfigError(f"--resume {path}: not a fedlr run directory (no config.toml)")
+        return cls(path)
+
+    def experiment(self) -> Experiment:
+        """The resolved experiment the run was started with."""
+        return load_experiment(self.path / "config.toml")
+
     @property
     def ledger_path(self) -> Path:
         return self.path / "ledger.jsonl"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def client_state_dir(self) -> Path:
+        return self.path / "client-state"
+
+    def truncate_ledger(self, last_round: int) -> list[dict]:
+        """Keep the ledger rows of rounds ≤ ``last_round`` (a resume replays the rest) and return
+        them; a line torn by a kill mid-write is dropped. The rewrite is atomic."""
+        rows = []
+        if self.ledger_path.exists():
+            for line in self.ledger_path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if row["round"] <= last_round:
+                    rows.append(row)
+        write_atomic(self.ledger_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
+        return rows
 
     def append(self, row: dict) -> None:
         with self.ledger_path.open("a") as f:

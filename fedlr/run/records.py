@@ -11,6 +11,9 @@ from flwr.app import Array, ArrayRecord, ConfigRecord
 
 EXPERIMENT_KEY = "experiment"
 PARTITION_KEY = "partition-id"
+STATE_DIR_KEY = "state-dir"  # where a client snapshots its persistent state (query / node config)
+RESUME_ROUND_KEY = "resume-round"  # query: restore the client state of this round (-1: fresh run)
+KEEP_FROM_KEY = "keep-from"  # train config: oldest round the server may still resume from
 
 
 def to_record(state: dict[str, torch.Tensor]) -> ArrayRecord:

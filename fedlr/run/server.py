@@ -1,5 +1,6 @@
 """The ServerApp: builds the server's workbench (central evaluation and the initial state), the
-method's strategy, runs the rounds, writes the ledger, the summary and the exported model."""
+method's strategy, runs the rounds, writes the ledger, a checkpoint after every round, the
+summary and the exported model. With ``resume`` it continues from the newest valid checkpoint."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import time
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from fedlr import checkpoint
 from fedlr.adapters.export import export_model
 from fedlr.config import Experiment
 from fedlr.models.adapted import adapter_paths
@@ -16,7 +18,10 @@ from fedlr.strategies import RoundReport, strategy_class
 from fedlr.workbench import get_workbench
 
 
-def run_server(grid: Grid, exp: Experiment, run_dir: RunDir, console: Console) -> dict:
+def run_server(grid: Grid, exp: Experiment, run_dir: RunDir, console: Console, resume: bool = False,
+               client_state_dir: str | None = None) -> dict:
+    """``client_state_dir``: where clients snapshot their state (a simulation's run directory;
+    deployed SuperNodes name their own with ``--node-config state-dir=...``)."""
     started = time.perf_counter()
     bench = get_workbench(exp)
     adapted = bench.adapted
@@ -26,6 +31,9 @@ def run_server(grid: Grid, exp: Experiment, run_dir: RunDir, console: Console) -
         for p in adapter_paths(adapted)
     }
     rows: list[dict] = []
+    saved = checkpoint.latest(run_dir.checkpoint_dir) if resume else None
+    if resume and saved is None:
+        raise RuntimeError(f"{run_dir.checkpoint_dir}: no valid checkpoint to resume from")
 
     def evaluate(state, once):
         res = bench.central_eval(state, once)
@@ -37,11 +45,21 @@ def run_server(grid: Grid, exp: Experiment, run_dir: RunDir, console: Console) -
         run_dir.append(row)
         console.round(row)
 
+    def save_checkpoint(server_round: int, state: dict) -> None:
+        checkpoint.save(run_dir.checkpoint_dir, server_round, state, keep=exp.output.keep_checkpoints)
+
     strategy = strategy_class(exp.method.name)(
         exp, adapted.spec, adapted.round_state(), {}, target_weights,
         evaluate=evaluate if exp.evaluation.central else None, on_round=on_round, privacy=bench.privacy,
+        checkpoint=save_checkpoint if exp.output.checkpoint else None, client_state_dir=client_state_dir,
     )
     console.start(exp)
+    if saved is not None:
+        resumed_round, state = saved
+        strategy.restore(state)
+        rows.extend(run_dir.truncate_ledger(resumed_round))
+        checkpoint.discard_after(run_dir.checkpoint_dir, resumed_round)
+        console.print(f"fedlr: resuming {run_dir.path} after round {resumed_round} of {exp.federation.num_rounds}")
     console.header()
     final_state = strategy.run(grid, exp.federation.num_rounds)
     bench.load(strategy.once_state, final_state)
@@ -84,12 +102,14 @@ def privacy_summary(exp: Experiment, plan, last_row: dict) -> dict:
     }
 
 
-def make_server_app(exp: Experiment, run_dir: RunDir, console: Console, result: dict) -> ServerApp:
-    """A ServerApp bound to one experiment; the summary lands in ``result``."""
+def make_server_app(exp: Experiment, run_dir: RunDir, console: Console, result: dict, resume: bool = False) -> ServerApp:
+    """A simulation's ServerApp bound to one experiment; the summary lands in ``result``. The
+    simulated clients snapshot their state under the run directory (when checkpoints are on)."""
     app = ServerApp()
+    client_state_dir = str(run_dir.client_state_dir.resolve()) if exp.output.checkpoint else None
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        result.update(run_server(grid, exp, run_dir, console))
+        result.update(run_server(grid, exp, run_dir, console, resume=resume, client_state_dir=client_state_dir))
 
     return app

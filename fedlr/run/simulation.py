@@ -45,8 +45,9 @@ def backend_config(exp: Experiment) -> dict:
     }
 
 
-def simulate(exp: Experiment, run_dir: RunDir, console: Console) -> dict:
-    """Run ``exp`` with ``num_clients`` simulated clients; returns the summary."""
+def simulate(exp: Experiment, run_dir: RunDir, console: Console, resume: bool = False) -> dict:
+    """Run ``exp`` with ``num_clients`` simulated clients (``resume``: from the run directory's
+    newest valid checkpoint); returns the summary."""
     quiet_environment()
     from flwr.common.logger import FLOWER_LOGGER
     from flwr.simulation import run_simulation
@@ -57,7 +58,7 @@ def simulate(exp: Experiment, run_dir: RunDir, console: Console) -> dict:
     FLOWER_LOGGER.setLevel(logging.ERROR)  # client failures still show; fedlr logs its own warnings
     result: dict = {}
     run_simulation(
-        server_app=make_server_app(exp, run_dir, console, result), client_app=client_app,
+        server_app=make_server_app(exp, run_dir, console, result, resume=resume), client_app=client_app,
         num_supernodes=exp.federation.num_clients, backend_name="ray", backend_config=backend_config(exp),
         verbose_logging=False,
     )

@@ -1,0 +1,43 @@
+"""privacy.noise_source: seeded noise reproduces, OS-seeded ('secure') noise does not, and
+Opacus samples in secure_mode for it — through a real client round (DP-SGD and client_local)."""
+
+import pytest
+import torch
+
+from fedlr.config import load_experiment
+from fedlr.privacy.accountant import StepAccountant
+from fedlr.privacy.dp_sgd import DPSGDSettings, PrivateTrainer
+from fedlr.privacy.noise import noise_generator
+from fedlr.workbench import Workbench
+
+
+def test_seeded_generators_repeat_and_secure_ones_do_not():
+    draw = lambda source: torch.randn(8, generator=noise_generator(source, 0, "dp-noise", 3, 1))  # noqa: E731
+    assert torch.equal(draw("seeded"), draw("seeded"))
+    assert not torch.equal(draw("secure"), draw("secure"))
+    assert not torch.equal(draw("seeded"), torch.randn(8, generator=noise_generator("seeded", 0, "dp-noise", 3, 2)))
+    with pytest.raises(ValueError, match="noise_source"):
+        noise_generator("urandom", 0)
+
+
+@pytest.mark.parametrize("secure", [False, True])
+def test_opacus_samples_in_secure_mode_only_when_asked(secure):
+    model = torch.nn.Sequential(torch.nn.Linear(4, 2))
+    params = list(model.parameters())
+    cfg = load_experiment(None).train
+    dp = DPSGDSettings(1.0, 1.0, 0.5, secure_mode=secure)
+    with PrivateTrainer(model, params, [], cfg, dp, 8, noise_generator("seeded", 0)) as trainer:
+        assert trainer.optimizer.secure_mode is secure
+
+
+@pytest.mark.parametrize("mode", ["sample", "client_local"])
+def test_a_client_round_is_reproducible_with_seeded_noise_only(tiny_path, one_torch_thread, mode):
+    def update(source):
+        exp = load_experiment(tiny_path, ["method.name=fedit", f'privacy.mode="{mode}"', "privacy.noise_multiplier=1.0",
+                                          f'privacy.noise_source="{source}"', "evaluation.client_side=false"])
+        bench = Workbench(exp)
+        delta, _ = bench.client_round(0, 1, bench.adapted.round_state(), {}, StepAccountant("rdp"))
+        return torch.cat([v.flatten() for _, v in sorted(delta.items())])
+
+    assert torch.equal(update("seeded"), update("seeded"))
+    assert not torch.allclose(update("secure"), update("secure"))

@@ -1,0 +1,119 @@
+"""Kill-and-resume and injected faults, through Flower's simulation engine on Ray (tiny model).
+
+A run killed with SIGKILL after round k and resumed with ``fedlr run --resume`` must produce the
+ledger and final tensors of the uninterrupted run, with DP-SGD (per-client accountants) and
+error-feedback compression (per-client memory) on; a corrupt newest checkpoint falls back to the
+one before. A run with injected faults finishes every round it can and records each failure.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from fedlr import checkpoint
+from fedlr.cli import main
+from fedlr.config import load_experiment
+from fedlr.faults import OBSERVED_AS, fault_schedule
+from fedlr.results import read_ledger
+from fedlr.sampling import sample_clients
+
+pytestmark = pytest.mark.slow
+PRIVATE_EF = ["method.name=fedit", 'privacy.mode="sample"', "privacy.noise_multiplier=1.0",
+              'compression.codec="topk"', "compression.density=0.25", "compression.error_feedback=true",
+              "federation.num_rounds=4", "output.export_peft=false"]
+
+
+def args(tiny_path, out, name, overrides):
+    return ["run", str(tiny_path), "--quiet", "--set", f'output.dir="{out}"', "--set", f'output.name="{name}"',
+            *[x for o in overrides for x in ("--set", o)]]
+
+
+def without_timing(rows):
+    return [{k: v for k, v in r.items() if k != "wall_time_s"} for r in rows]
+
+
+def final_state(run_dir):
+    r, saved = checkpoint.latest(run_dir / "checkpoints")
+    return r, saved["state"]
+
+
+def kill_after_round(cmd, ledger, k, timeout=600):
+    """Start ``fedlr run`` in its own process group; SIGKILL the group once round k is in the ledger."""
+    proc = subprocess.Popen([sys.executable, "-m", "fedlr.cli", *cmd], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if ledger.exists() and len(ledger.read_text().splitlines()) > k:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before it could be killed"
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    from conftest import TINY
+
+    out = tmp_path_factory.mktemp("runs")
+    assert main(args(TINY, out, "full", PRIVATE_EF)) == 0
+    return out / "full"
+
+
+@pytest.mark.parametrize("k, corrupt", [(1, False), (3, True)])
+def test_killed_run_resumes_to_the_identical_ledger_and_model(uninterrupted, tiny_path, tmp_path, k, corrupt):
+    name = f"killed-{k}"
+    kill_after_round(args(tiny_path, tmp_path, name, PRIVATE_EF), tmp_path / name / "ledger.jsonl", k)
+    run_dir = tmp_path / name
+    assert not (run_dir / "summary.json").exists()
+    if corrupt:  # the newest checkpoint is damaged: the resume must start from the one before
+        newest = checkpoint.rounds(run_dir / "checkpoints")[-1]
+        path = checkpoint.path_for(run_dir / "checkpoints", newest)
+        path.write_bytes(path.read_bytes()[:-100])
+    assert main(["run", "--resume", str(run_dir), "--quiet"]) == 0
+    want, got = read_ledger(uninterrupted), read_ledger(run_dir)
+    assert without_timing(got) == without_timing(want)
+    assert got[-1]["epsilon"] > 0 and got[-1]["client_epsilon"]  # DP was on and its accounts continued
+    (r1, s1), (r2, s2) = final_state(uninterrupted), final_state(run_dir)
+    assert r1 == r2 == 4 and s1.keys() == s2.keys()
+    assert all(torch.equal(s1[key], s2[key]) for key in s1)
+
+
+def test_resume_refuses_a_run_without_checkpoints(tmp_path, tiny_path, capsys):
+    run_dir = tmp_path / "empty"
+    run_dir.mkdir()
+    (run_dir / "config.toml").write_text(tiny_path.read_text())
+    assert main(["run", "--resume", str(run_dir)]) == 2
+    assert "no valid checkpoint" in capsys.readouterr().err
+    assert main(["run", "--resume", str(tmp_path / "nowhere")]) == 2
+
+
+def test_faults_are_recorded_and_rounds_go_on(tiny_path, tmp_path):
+    overrides = ["seed=36", "method.name=fedit", "federation.num_clients=6", "federation.clients_per_round=5",
+                 "federation.num_rounds=3", "federation.round_timeout_s=30", "federation.min_replies=3",
+                 "faults.fraction=0.3", "faults.hang_s=40", "output.export_peft=false", "evaluation.client_side=false"]
+    assert main(args(tiny_path, tmp_path, "faults", overrides)) == 0
+    exp = load_experiment(tmp_path / "faults" / "config.toml")
+    rows = read_ledger(tmp_path / "faults")
+    assert [r["round"] for r in rows] == [0, 1, 2, 3]
+    seen_kinds = set()
+    for row in rows[1:]:
+        sampled = sample_clients(exp.seed, row["round"], 6, 5)
+        injected = fault_schedule(exp, row["round"], sampled)
+        observed = {f["partition"]: f["kind"] for f in row["failures"]}
+        assert observed == {pid: OBSERVED_AS[kind] for pid, kind in injected.items()}
+        assert row["clients_failed"] + row["clients_rejected"] == len(injected)
+        assert row["aggregated"] == (len(sampled) - len(injected) >= 3)
+        seen_kinds.update(injected.values())
+    assert seen_kinds == {"raise", "hang", "garbage"}  # seed 36 exercises every kind
+    assert [r["aggregated"] for r in rows[1:]] == [True, False, True]  # round 2: 2 valid < min_replies
