@@ -28,10 +28,11 @@ from fedlr.config import experiment_from_json
 from fedlr.faults import fault_for, garbage, inject
 from fedlr.privacy.accountant import StepAccountant
 from fedlr.compression.base import canonical_keys
-from fedlr.compression.pipeline import encode_update
+from fedlr.compression.pipeline import apply_broadcast, cached_reference, encode_update, remember_broadcast
 from fedlr.run import client_snapshots
-from fedlr.run.records import (EXPERIMENT_KEY, KEEP_FROM_KEY, PARTITION_KEY, RESUME_ROUND_KEY, STATE_DIR_KEY,
-                               from_record, payload_record, to_record)
+from fedlr.run.records import (BASE_ROUND_KEY, BROADCAST_KEY, EXPERIMENT_KEY, KEEP_FROM_KEY, PARTITION_KEY,
+                               RESUME_ROUND_KEY, STATE_DIR_KEY, from_record, payload_record, record_payload,
+                               to_record)
 from fedlr.seeding import torch_generator
 from fedlr.workbench import get_workbench
 
@@ -90,7 +91,7 @@ def sb_init(msg: Message, context: Context) -> Message:
 def train(msg: Message, context: Context) -> Message:
     exp = _experiment(context)
     server_round = int(msg.content["config"]["server-round"])
-    global_state = from_record(msg.content["arrays"])
+    global_state = received_model(exp, msg, context, server_round)
     if "once" in msg.content.array_records:
         context.state[STATE_ONCE] = msg.content["once"]
     fault = fault_for(exp, server_round, _partition_id(context))
@@ -114,6 +115,26 @@ def train(msg: Message, context: Context) -> Message:
                               keep_from=None if keep_from is None else int(keep_from))
     content = RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)})
     return Message(content, reply_to=msg)
+
+
+def received_model(exp, msg: Message, context: Context, server_round: int) -> dict:
+    """The model this round trains from: the dense tensors, or (``compression.downlink``) B_t
+    rebuilt from this client's cached B_{t−1} and the compressed delta — bit for bit the server's
+    B_t. Under the downlink B_t is cached in the compression state for the next round's delta."""
+    cfg = exp.compression
+    state = from_record(context.state[STATE_COMPRESSION]) if STATE_COMPRESSION in context.state else {}
+    if BROADCAST_KEY in msg.content.array_records:
+        base_round = int(msg.content["config"][BASE_ROUND_KEY])
+        reference = cached_reference(state, base_round)
+        if reference is None:
+            raise RuntimeError(f"the server sent a delta against round {base_round}'s broadcast, which this client "
+                               "does not hold")
+        model = apply_broadcast(record_payload(msg.content[BROADCAST_KEY]), cfg, reference, server_round=server_round)
+    else:
+        model = from_record(msg.content["arrays"])
+    if cfg.downlink:
+        context.state[STATE_COMPRESSION] = to_record(remember_broadcast(state, model, server_round))
+    return model
 
 
 def compress(exp, update, msg: Message, context: Context, server_round: int, bench):

@@ -143,6 +143,11 @@ class FederationConfig(_Section):
 
 
 FAULT_KINDS = ("raise", "hang", "garbage")
+DOWNLINK_REFUSED = {  # methods whose broadcast is re-made by the server each round
+    "fed_svd": "re-factorizes B·A by SVD every round (a new orthonormal A)",
+    "fedex_lora": "folds the residual into dense base weights every round",
+    "flora": "merges the stacked adapters into dense base weights every round",
+}
 
 
 class FaultConfig(_Section):
@@ -261,6 +266,17 @@ class Experiment(_Section):
     output: OutputConfig = OutputConfig()
 
     @model_validator(mode="after")
+    def _downlink_fits_the_method(self) -> "Experiment":
+        comp = self.compression
+        if comp.downlink and not comp.active:
+            raise ValueError("compression.downlink compresses the broadcast with compression.codec, which is 'none'")
+        if comp.downlink and self.method.name in DOWNLINK_REFUSED:
+            raise ValueError(f"compression.downlink: {self.method.name} {DOWNLINK_REFUSED[self.method.name]}; the "
+                             "broadcast delta B_t − B_(t−1) would not be the small change a codec can shrink. Leave it "
+                             "false for this method")
+        return self
+
+    @model_validator(mode="after")
     def _private_init(self) -> "Experiment":
         if self.privacy.enabled and self.method.name == "fed_sb" and self.method.init == "federated":
             raise ValueError(
@@ -344,6 +360,9 @@ def read_toml(path: str | Path) -> dict[str, Any]:
 def load_experiment(path: str | Path | None = None, overrides: list[str] | None = None) -> Experiment:
     """Read a TOML experiment, apply ``--set`` overrides, validate. Raises ConfigError."""
     data = read_toml(path) if path is not None else {}
+    if "sweep" in data:
+        raise ConfigError(f"{path} has a [sweep] table: run it with `fedlr sweep {path}` (`--dry-run` lists every "
+                          "run with its bytes and epsilon)")
     apply_overrides(data, overrides or [])
     return experiment_from_dict(data)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedlr.compression.pipeline import compression_ratio, planned_bytes
+from fedlr.compression.pipeline import compression_ratio, planned_bytes, planned_downlink_bytes
 from fedlr.config import Experiment
 from fedlr.models.adapted import adapter_paths, build_adapted_model
 from fedlr.sampling import sample_clients
@@ -52,15 +52,20 @@ def communication_plan(exp: Experiment, num_labels: int, train_sizes: list[int] 
     if federated_sb_init:
         grads = [(f"{p}.base.weight", params[f"{p}.base.weight"].numel()) for p in adapter_paths(adapted)]
         init_uplink = fed.clients_per_round * record_wire_bytes(grads)
+    down_shapes = {k: tuple(params[k].shape) for k in adapted.downlink_keys}
     participants = set()
-    uplink_by_round = []
+    uplink_by_round, downlink_by_round, previous = [], [], []
     for rnd in range(1, fed.num_rounds + 1):
         sampled = sample_clients(exp.seed, rnd, fed.num_clients, fed.clients_per_round)
         participants.update(sampled)
         uplink_by_round.append(sum(uplink[rank_of[pid]].bytes_by_round[rnd - 1] for pid in sampled))
-    client_rounds = fed.num_rounds * fed.clients_per_round
+        # compression.downlink: a client that took part in the previous round gets the compressed delta
+        downlink_by_round.append(sum(
+            planned_downlink_bytes(down_shapes, comp, fresh=pid in previous, server_round=rnd) if comp.downlink
+            else down_round_bytes for pid in sampled))
+        previous = sampled
     total_up = sum(uplink_by_round) + init_uplink
-    total_down = (client_rounds * down_round_bytes + len(participants) * once_bytes
+    total_down = (sum(downlink_by_round) + len(participants) * once_bytes
                   + fed.clients_per_round * lgreco_rounds * assignment_bytes)
     by_client = [uplink[r] for r in rank_of]
     one = by_client[0] if len(uplink) == 1 else None  # every client uploads alike
@@ -80,6 +85,7 @@ def communication_plan(exp: Experiment, num_labels: int, train_sizes: list[int] 
         "uplink_bytes_by_client": [u.bytes_by_round[-1] for u in by_client],
         "uplink_bytes_by_round": uplink_by_round,
         "downlink_bytes": down_round_bytes,
+        "downlink_bytes_by_round": downlink_by_round,
         "once_downlink_bytes_per_client": once_bytes,
         "distinct_participants": len(participants),
         "init_uplink_bytes": init_uplink,

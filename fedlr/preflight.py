@@ -5,7 +5,7 @@ the field; privacy warnings (δ ≥ 1/n) are logged."""
 
 from __future__ import annotations
 
-from fedlr.config import ConfigError, Experiment
+from fedlr.config import Experiment
 from fedlr.data.corpora import NATURAL_ID, load_table
 from fedlr.data.partition import partition_rows, split_local, split_test
 from fedlr.methods import get_method
@@ -16,9 +16,6 @@ from fedlr.privacy.planning import check_privacy
 def preflight(exp: Experiment) -> int:
     """Validate ``exp`` end to end on the meta device; return the number of labels."""
     get_method(exp.method.name)
-    if exp.compression.downlink:
-        raise ConfigError("compression.downlink: compressing the server's broadcast is implemented in "
-                          "fedlr.compression but not yet wired into the rounds; leave it false")
     table, names = load_table(exp.data)
     train, _ = split_test(table, exp.data, exp.seed)
     parts = partition_rows(table, train, exp.data, NATURAL_ID.get(exp.data.dataset), exp.federation.num_clients,

@@ -41,9 +41,12 @@ from fedlr.privacy.federation_accountant import FederationAccountant
 from fedlr.privacy.noise import noise_generator
 from fedlr.privacy.planning import PrivacyPlan
 from fedlr.compression.base import canonical_keys
-from fedlr.compression.pipeline import choose_assignment, decode_update, planned_bytes, should_reselect
-from fedlr.run.records import (KEEP_FROM_KEY, PARTITION_KEY, RESUME_ROUND_KEY, STATE_DIR_KEY, experiment_config,
-                               from_record, record_payload, to_record)
+from fedlr.compression.pipeline import (choose_assignment, decode_update, encode_broadcast, planned_bytes,
+                                       should_reselect)
+from fedlr.run.records import (BASE_ROUND_KEY, BROADCAST_KEY, KEEP_FROM_KEY, PARTITION_KEY, RESUME_ROUND_KEY,
+                               STATE_DIR_KEY, experiment_config, from_record, payload_record, record_payload,
+                               to_record)
+from fedlr.seeding import torch_generator
 from fedlr.sampling import sample_clients
 from fedlr.validation import at_rank, expected_of, update_problem
 from fedlr.wire import record_wire_bytes
@@ -108,6 +111,8 @@ class FedLRStrategy(FedAvg):
         self.assignment: dict[str, int] | None = None  # L-GreCo's per-tensor codec parameters
         self.last_aggregate: State | None = None  # θ_t − θ_{t−1} of the uploaded tensors (L-GreCo's input)
         self.has_once: set[int] = set()  # partition ids that already hold the once-broadcast tensors
+        self.downlink_state: State = {}  # compression.downlink: the reference B_t clients hold, the codec's warm start
+        self.holds_broadcast: dict[int, int] = {}  # partition id -> the round whose broadcast B_t it holds
         self.report: RoundReport | None = None
         self._totals = [0, 0]
         self.privacy = privacy
@@ -168,11 +173,17 @@ class FedLRStrategy(FedAvg):
         assignment = self.assignment_record(server_round)
         if self.spec.fresh:  # FLoRA: each client draws its fresh adapters from the seed at its own rank
             arrays = ArrayRecord(array_dict={k: a for k, a in arrays.items() if not self.spec.is_fresh(k)})
+        arrays, delta = self.broadcast(server_round, arrays)
         messages = []
         for pid in pids:
             config = ConfigRecord({"server-round": server_round, KEEP_FROM_KEY: self.keep_from(server_round)})
-            content = RecordDict({"arrays": arrays, "config": config})
-            self.report.downlink_bytes += arrays.count_bytes()
+            if delta is not None and self.holds_broadcast.get(pid) == server_round - 1:
+                config[BASE_ROUND_KEY] = server_round - 1  # the client rebuilds B_t from its B_{t-1}
+                content = RecordDict({BROADCAST_KEY: delta, "config": config})
+                self.report.downlink_bytes += delta.count_bytes()
+            else:
+                content = RecordDict({"arrays": arrays, "config": config})
+                self.report.downlink_bytes += arrays.count_bytes()
             if assignment is not None:
                 content["assignment"] = assignment
                 self.report.downlink_bytes += assignment.count_bytes()
@@ -182,6 +193,21 @@ class FedLRStrategy(FedAvg):
                 self.report.downlink_bytes += once.count_bytes()
             messages.append(Message(content, dst_node_id=self.node_of[pid], message_type=MessageType.TRAIN))
         return messages
+
+    def broadcast(self, server_round: int, arrays: ArrayRecord) -> tuple[ArrayRecord, ArrayRecord | None]:
+        """What travels down: the dense model, and under ``compression.downlink`` the dense
+        reference B_t plus the compressed B_t − B_{t−1} for clients that hold B_{t−1}
+        (``fedlr.compression.pipeline.encode_broadcast``; the server's error feedback is in
+        ``downlink_state``). Clients train from B_t; the server aggregates into its exact θ."""
+        cfg = self.exp.compression
+        if not cfg.downlink:
+            return arrays, None
+        gen = torch_generator(self.exp.seed, "compress-downlink", server_round)
+        sent = encode_broadcast(from_record(arrays), cfg, self.downlink_state, gen, server_round=server_round,
+                                assignment=self.assignment)
+        self.downlink_state = sent.server_state
+        delta = payload_record(sent.payload) if sent.payload is not None else None
+        return to_record(sent.reference), delta
 
     def keep_from(self, server_round: int) -> int:
         """The oldest round the server may still resume from once this round is checkpointed:
@@ -288,6 +314,7 @@ class FedLRStrategy(FedAvg):
             self.federation_accountant.compose(1)  # a release every round, even one that carries no update
         for pid, _, metrics in accepted:
             self.has_once.add(pid)  # it trained with them (a failed client gets them again)
+            self.holds_broadcast[pid] = server_round  # it rebuilt B_t and keeps it for next round's delta
             if "epsilon" in metrics:
                 self.client_epsilon[pid] = float(metrics["epsilon"])
         needed = self.exp.federation.min_replies
@@ -329,7 +356,8 @@ class FedLRStrategy(FedAvg):
             "federation_accountant": (self.federation_accountant.state_dict()
                                       if self.federation_accountant is not None else None),
             "totals": list(self._totals), "fingerprint": self.exp.fingerprint(),
-            "wall_time_s": self.report.wall_time_s,
+            "wall_time_s": self.report.wall_time_s, "downlink_state": self.downlink_state,
+            "holds_broadcast": {str(k): v for k, v in self.holds_broadcast.items()},
         }
 
     def restore(self, saved: dict) -> None:
@@ -345,6 +373,8 @@ class FedLRStrategy(FedAvg):
             self.federation_accountant = FederationAccountant.from_state(saved["federation_accountant"])
         self._totals = list(saved["totals"])
         self._wall_offset = float(saved["wall_time_s"])
+        self.downlink_state = dict(saved["downlink_state"])
+        self.holds_broadcast = {int(k): int(v) for k, v in saved["holds_broadcast"].items()}
 
     def run(self, grid: Grid, num_rounds: int) -> State:
         """Enroll, run round 0 (init + evaluation of the initial model), then ``num_rounds`` rounds;

@@ -40,10 +40,31 @@ def test_lgreco_topk_with_error_feedback_runs_within_the_uniform_bytes(tmp_path)
     assert ledger[-1]["train_loss"] is not None
 
 
+def test_compressed_downlink_in_the_ledger_equals_the_plan(tmp_path):
+    """Clients that took part in the previous round get the PowerSGD-compressed B_t − B_(t−1), the
+    others the dense B_t; every client rebuilds the server's B_t (no reply rejected) and the
+    downlink bytes of every round equal the plan's."""
+    overrides = ["method.name=fedit", "method.rank=8", "federation.num_rounds=4", 'compression.codec="powersgd"',
+                 "compression.rank=1", "compression.downlink=true", "evaluation.client_side=false"]
+    assert main(["run", str(TINY), "--quiet", "--set", f'output.dir="{tmp_path}"', "--set", 'output.name="d"',
+                 *[a for o in overrides for a in ("--set", o)]]) == 0
+    plan = communication_plan(load_experiment(TINY, overrides), 2)
+    ledger = read_ledger(tmp_path / "d")
+    assert all(r["clients_rejected"] == 0 and r["clients_failed"] == 0 for r in ledger)
+    assert [r["downlink_bytes"] for r in ledger[1:]] == plan["downlink_bytes_by_round"]
+    dense_round = 2 * plan["downlink_bytes"]
+    assert min(plan["downlink_bytes_by_round"]) < dense_round  # some client got the delta
+    assert ledger[-1]["cumulative_bytes"] == plan["total_bytes"]
+    assert ledger[-1]["eval_loss"] < ledger[0]["eval_loss"] + 0.05  # it still trains from B_t
+
+
 @pytest.mark.parametrize("override, message", [('compression.codec="zip"', "compression.codec"),
                                                ("compression.density=1.5", "compression.density"),
-                                               ("compression.downlink=true", "compression.downlink")])
+                                               ("compression.downlink=true", "compression.downlink compresses"),
+                                               ('compression.codec="fp16";compression.downlink=true;'
+                                                'method.name="fed_svd"', "re-factorizes")])
 def test_bad_compression_config_exits_2(tmp_path, capsys, override, message):
-    assert main(["run", str(TINY), "--set", f'output.dir="{tmp_path / "runs"}"', "--set", override]) == 2
+    sets = [a for o in override.split(";") for a in ("--set", o)]
+    assert main(["run", str(TINY), "--set", f'output.dir="{tmp_path / "runs"}"', *sets]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()

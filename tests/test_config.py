@@ -71,3 +71,10 @@ def test_resolved_config_round_trips_through_toml(tmp_path, tiny_path):
     path = tmp_path / "resolved.toml"
     path.write_text(to_toml(exp))
     assert load_experiment(path) == exp
+
+
+def test_a_sweep_file_given_to_run_or_plan_points_at_fedlr_sweep(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text('[method]\nname = "fedit"\n\n[sweep]\n"method.rank" = [4, 8]\n')
+    with pytest.raises(ConfigError, match="fedlr sweep"):
+        load_experiment(path)

@@ -1,8 +1,9 @@
 """Kill-and-resume and injected faults, through Flower's simulation engine on Ray (tiny model).
 
 A run killed with SIGKILL after round k and resumed with ``fedlr run --resume`` must produce the
-ledger and final tensors of the uninterrupted run, with DP-SGD (per-client accountants) and
-error-feedback compression (per-client memory) on; a corrupt newest checkpoint falls back to the
+ledger and final tensors of the uninterrupted run, with DP-SGD (per-client accountants),
+error-feedback compression (per-client memory) and the compressed downlink (the server's
+reference and the clients' cached broadcast) on; a corrupt newest checkpoint falls back to the
 one before. A run with injected faults finishes every round it can and records each failure.
 """
 
@@ -25,6 +26,7 @@ from fedlr.sampling import sample_clients
 pytestmark = pytest.mark.slow
 PRIVATE_EF = ["method.name=fedit", 'privacy.mode="sample"', "privacy.noise_multiplier=1.0",
               'compression.codec="topk"', "compression.density=0.25", "compression.error_feedback=true",
+              "compression.downlink=true",
               "federation.num_rounds=4", "output.export_peft=false"]
 
 

@@ -14,6 +14,8 @@ PARTITION_KEY = "partition-id"
 STATE_DIR_KEY = "state-dir"  # where a client snapshots its persistent state (query / node config)
 RESUME_ROUND_KEY = "resume-round"  # query: restore the client state of this round (-1: fresh run)
 KEEP_FROM_KEY = "keep-from"  # train config: oldest round the server may still resume from
+BROADCAST_KEY = "broadcast"  # train message: the compressed B_t - B_{t-1} (compression.downlink)
+BASE_ROUND_KEY = "base-round"  # train config: the round t-1 whose B_{t-1} the delta applies to
 
 
 def to_record(state: dict[str, torch.Tensor]) -> ArrayRecord:
