@@ -10,8 +10,8 @@
 
 Every point gets its own run directory ``<output.dir>/<sweep name>/<slug>``, the slug naming the
 swept values (``method-fedit__seed-1``). A run is complete when its ``summary.json`` exists; a
-sweep started again skips complete runs and re-runs the rest from scratch (a directory left by an
-interrupted run is removed first). Everything that can be checked before training is checked
+sweep started again skips complete runs, resumes an interrupted run from its newest checkpoint
+(``fedlr run --resume``) and re-runs from scratch one that has none (its directory removed first). Everything that can be checked before training is checked
 before the first run: each key must be a config field, each list non-empty, zip lists of one
 length, and every expanded point a valid experiment (``ConfigError``, exit code 2).
 
@@ -45,7 +45,7 @@ SET_BY_SWEEP = ("output.dir", "output.name")  # every point's run directory is t
 MANIFEST = "sweep.json"
 MAX_SLUG = 100
 
-RunOne = Callable[[Experiment, "RunDir"], Any]  # noqa: F821 - RunDir imported lazily
+RunOne = Callable[..., Any]  # run_one(exp, run_dir, resume=False); RunDir imported lazily
 
 
 # ----------------------------------------------------------------------------- the pure part
@@ -336,23 +336,36 @@ def simulate_runner(console: Console, tensorboard: bool = False) -> RunOne:
     """The default ``run_one``: the real simulation (it starts and stops Ray itself). With
     ``tensorboard``, each round's ledger row is also logged to ``<run dir>/tensorboard/``."""
 
-    def run_one(exp: Experiment, run_dir) -> dict:
+    def run_one(exp: Experiment, run_dir, resume: bool = False) -> dict:
         from fedlr.run.simulation import simulate
 
         console.start(exp)
         if not tensorboard:
-            return simulate(exp, run_dir, console)
+            return simulate(exp, run_dir, console, resume=resume)
         from fedlr.results.tensorboard import LedgerWriter
 
         writer = LedgerWriter(run_dir.path / "tensorboard", to_toml(exp))
         console.observers.append(writer.write_row)
         try:
-            return simulate(exp, run_dir, console)
+            return simulate(exp, run_dir, console, resume=resume)
         finally:
             console.observers.remove(writer.write_row)
             writer.close()
 
     return run_one
+
+
+def resumable(path: Path, exp: Experiment) -> bool:
+    """Whether an interrupted run directory can continue: it ran ``exp`` (same fingerprint) and
+    holds a checkpoint that verifies."""
+    from fedlr import checkpoint
+    from fedlr.results import RunDir
+
+    try:
+        same = RunDir.existing(path).experiment().fingerprint() == exp.fingerprint()
+    except ConfigError:
+        return False
+    return same and checkpoint.latest(path / "checkpoints") is not None
 
 
 def execute_sweep(sweep: Sweep, run_one: RunOne, console: Console | None = None,
@@ -362,7 +375,9 @@ def execute_sweep(sweep: Sweep, run_one: RunOne, console: Console | None = None,
 
     Before the first run: completed runs are checked against their configs and ``check``
     (default ``fedlr.preflight.preflight``) validates every pending point. A ``partial`` directory
-    (an interrupted run) is removed and the run starts over. A run counts as complete only if
+    (an interrupted run) resumes from its newest valid checkpoint when it has one for the same
+    experiment (``run_one(exp, run_dir, resume=True)``); otherwise it is removed and the run starts
+    over. A run counts as complete only if
     ``run_one`` leaves a ``summary.json``. ``KeyboardInterrupt`` stops the sweep after a note on
     how to resume; another exception stops it too, unless ``keep_going``.
     """
@@ -387,7 +402,10 @@ def execute_sweep(sweep: Sweep, run_one: RunOne, console: Console | None = None,
     started = clock()
     for done, point in enumerate(pending):
         path = sweep.run_path(point)
-        if path.exists():
+        resume = path.exists() and resumable(path, point.experiment)
+        if resume:
+            console.print(f"sweep {sweep.name}: resuming {path} from its newest checkpoint")
+        elif path.exists():
             console.print(f"sweep {sweep.name}: removing {path} (left by an interrupted run) and running it again")
             shutil.rmtree(path)
         left = len(pending) - done
@@ -395,10 +413,13 @@ def execute_sweep(sweep: Sweep, run_one: RunOne, console: Console | None = None,
                       f"elapsed {format_duration(clock() - started)}, ETA {_eta(result, left)})")
         t0 = clock()
         try:
-            run_dir = RunDir.create(point.experiment, point.slug)
-            if run_dir.path != path:  # pragma: no cover - RunDir naming changed under us
-                raise RuntimeError(f"RunDir.create made {run_dir.path}, expected {path}")
-            run_one(point.experiment, run_dir)
+            if resume:
+                run_one(point.experiment, RunDir(path), resume=True)
+            else:
+                run_dir = RunDir.create(point.experiment, point.slug)
+                if run_dir.path != path:  # pragma: no cover - RunDir naming changed under us
+                    raise RuntimeError(f"RunDir.create made {run_dir.path}, expected {path}")
+                run_one(point.experiment, run_dir)
             if not (path / "summary.json").is_file():
                 raise RuntimeError(f"the run finished without writing {path / 'summary.json'}")
         except KeyboardInterrupt:

@@ -434,3 +434,22 @@ def test_progress_lines_count_down_and_estimate(tmp_path):
     assert starts[1] == "[sweep 2/3] start seed-1 (2 left; elapsed 10s, ETA 20s)"
     assert dones[1].endswith("(1 left; elapsed 30s, ETA 15s)")  # the mean of 10 s and 20 s, once
     assert dones[2].endswith("(0 left; elapsed 1m00s, ETA 0s)")
+
+
+def test_an_interrupted_run_with_a_checkpoint_resumes_instead_of_starting_over(tmp_path):
+    from fedlr import checkpoint
+
+    sweep = build_sweep(tiny_data(tmp_path, {"seed": [0, 1]}), "s")
+    for point in sweep.points:  # both interrupted after round 1; only seed 0 got its checkpoint written
+        rd = RunDir.create(point.experiment, point.slug)
+        rd.append({"round": 0})
+        if point.experiment.seed == 0:
+            checkpoint.save(rd.checkpoint_dir, 0, {"round": 0})
+    calls = []
+
+    def run_one(exp, run_dir, resume=False):
+        calls.append((exp.seed, resume, (run_dir.path / "ledger.jsonl").exists()))
+        return FakeSimulation()(exp, run_dir)
+
+    execute_sweep(sweep, run_one, console=Console(quiet=True), check=lambda exp: 2)
+    assert calls == [(0, True, True), (1, False, False)]  # seed 1 had nothing to resume from: started over
