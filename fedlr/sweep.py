@@ -11,8 +11,8 @@
 Every point gets its own run directory ``<output.dir>/<sweep name>/<slug>``, the slug naming the
 swept values (``method-fedit__seed-1``). A run is complete when its ``summary.json`` exists; a
 sweep started again skips complete runs, resumes an interrupted run from its newest checkpoint
-(``fedlr run --resume``) and re-runs from scratch one that has none (its directory removed first). Everything that can be checked before training is checked
-before the first run: each key must be a config field, each list non-empty, zip lists of one
+(``fedlr run --resume``) and re-runs from scratch one that has none (its directory removed
+first). Everything that can be checked before training is checked before the first run: each key must be a config field, each list non-empty, zip lists of one
 length, and every expanded point a valid experiment (``ConfigError``, exit code 2).
 
 The expansion is pure (``expand``, ``slug_for``); ``execute_sweep`` is thin glue around a
