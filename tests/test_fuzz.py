@@ -8,6 +8,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fedlr import checkpoint
 from fedlr.compression.base import PayloadError
 from fedlr.compression.config import compression_config
 from fedlr.compression.pipeline import decode_update, encode_update
@@ -15,7 +16,8 @@ from fedlr.config import ConfigError, Experiment, experiment_from_dict, parse_ov
 from fedlr.validation import expected_of, update_problem
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-SECTIONS = ["model", "data", "method", "federation", "train", "evaluation", "output", "privacy", "bogus"]
+SECTIONS = ["model", "data", "method", "federation", "train", "evaluation", "output", "privacy", "compression",
+            "faults", "bogus"]
 FIELDS = sorted({f for s in Experiment.model_fields.values() if hasattr(s.annotation, "model_fields")
                  for f in s.annotation.model_fields} | {"x", "rank", "name"})
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6),
@@ -103,3 +105,17 @@ def test_update_validation_catches_every_kind_of_garbage(key, fault):
     assert (problem is None) == (fault == "ok")
     if problem is not None:
         assert key in problem
+
+
+@FUZZ
+@given(st.binary(max_size=400), st.integers(0, 399), st.binary(max_size=8))
+def test_damaged_checkpoint_bytes_are_refused_as_corrupt(prefix, cut, splice):
+    """Random bytes, and a real checkpoint cut or spliced anywhere, either load unchanged or raise
+    CorruptCheckpoint — never another exception, never a silently different payload."""
+    good = checkpoint.encode({"round": 3, "state": {"w": torch.arange(6.0).reshape(2, 3)}})
+    for data in (prefix, good[:cut] + splice + good[cut + len(splice):]):
+        try:
+            got = checkpoint.decode(data)
+        except checkpoint.CorruptCheckpoint:
+            continue
+        assert data == good and got["round"] == 3 and torch.equal(got["state"]["w"], torch.arange(6.0).reshape(2, 3))
