@@ -1,7 +1,7 @@
 """Held-out test split and federated partitions, through flwr-datasets' partitioners.
 
-- ``iid``: rows shuffled by the seed, then ``IidPartitioner`` (a contiguous shard, so the shuffle
-  matters — reference/flower.md §11).
+- ``iid``: rows shuffled by the seed, then ``IidPartitioner``'s contiguous shards (computed
+  directly, ``iid_shards``; the shuffle matters — reference/flower.md §11).
 - ``dirichlet``: ``DirichletPartitioner`` over labels with concentration α.
 - ``natural``: the id column's values (e.g. movie) grouped into ``num_clients`` clients by
   ``GroupedNaturalIdPartitioner``; which ids go together depends on the seed.
@@ -32,7 +32,7 @@ def partition_rows(df: pd.DataFrame, rows: np.ndarray, cfg: DataConfig, dataset_
                    num_clients: int, seed: int) -> list[np.ndarray]:
     """Split ``rows`` of ``df`` into ``num_clients`` index arrays."""
     import datasets
-    from flwr_datasets.partitioner import DirichletPartitioner, GroupedNaturalIdPartitioner, IidPartitioner
+    from flwr_datasets.partitioner import DirichletPartitioner, GroupedNaturalIdPartitioner
 
     shuffled = numpy_rng(seed, "partition-shuffle").permutation(rows)
     table = df.iloc[shuffled].copy()
@@ -41,7 +41,7 @@ def partition_rows(df: pd.DataFrame, rows: np.ndarray, cfg: DataConfig, dataset_
     if cfg.partitioner == "iid":
         if num_clients > len(table):
             raise ConfigError(f"federation.num_clients: {num_clients} clients but only {len(table)} train rows")
-        partitioner = IidPartitioner(num_partitions=num_clients)
+        return iid_shards(shuffled, num_clients)
     elif cfg.partitioner == "dirichlet":
         partitioner = DirichletPartitioner(
             num_partitions=num_clients, partition_by="label", alpha=cfg.alpha,
@@ -64,6 +64,14 @@ def partition_rows(df: pd.DataFrame, rows: np.ndarray, cfg: DataConfig, dataset_
     columns = [ROW, "label"] + ([column] if cfg.partitioner == "natural" else [])
     partitioner.dataset = datasets.Dataset.from_pandas(table[columns], preserve_index=False)
     return [np.asarray(partitioner.load_partition(i)[ROW], dtype=np.int64) for i in range(num_clients)]
+
+
+def iid_shards(shuffled: np.ndarray, num_clients: int) -> list[np.ndarray]:
+    """flwr-datasets' ``IidPartitioner`` on the shuffled rows, computed directly: its partition i
+    is ``Dataset.shard(num_clients, i, contiguous=True)`` — contiguous blocks, the first
+    ``len % num_clients`` one row longer — which is ``np.array_split``. One pass instead of one
+    Arrow ``select`` per client (seconds at 10,000 clients, in the server and in every worker)."""
+    return [np.asarray(block, dtype=np.int64) for block in np.array_split(shuffled, num_clients)]
 
 
 def split_local(rows: np.ndarray, val_fraction: float, seed: int, partition_id: int) -> tuple[np.ndarray, np.ndarray]:
