@@ -52,6 +52,7 @@ from fedlr.validation import at_rank, expected_of, update_problem
 from fedlr.wire import record_wire_bytes
 
 log = logging.getLogger("fedlr")
+ENROLL_BATCH = 256  # enrollment queries in flight at once
 State = dict[str, torch.Tensor]
 
 
@@ -142,12 +143,16 @@ class FedLRStrategy(FedAvg):
         if self.client_state_dir is not None:
             query[STATE_DIR_KEY] = self.client_state_dir
         content = RecordDict({"config": query})
-        msgs = [Message(content, dst_node_id=n, message_type=MessageType.QUERY) for n in node_ids]
-        for reply in grid.send_and_receive(msgs, timeout=self.exp.federation.enroll_timeout_s):
-            if reply.has_error():
-                raise RuntimeError(f"client enrollment failed: {reply.error.reason}")
-            pid = int(reply.content["metrics"][PARTITION_KEY])
-            self.node_of[pid] = reply.metadata.src_node_id
+        # in batches: Flower's in-memory LinkState scans every stored message for every node it
+        # polls, so N queries at once cost N² per poll (benchmarks/scale.py, docs/benchmarks.md)
+        for start in range(0, len(node_ids), ENROLL_BATCH):
+            batch = node_ids[start:start + ENROLL_BATCH]
+            msgs = [Message(content, dst_node_id=n, message_type=MessageType.QUERY) for n in batch]
+            for reply in grid.send_and_receive(msgs, timeout=self.exp.federation.enroll_timeout_s):
+                if reply.has_error():
+                    raise RuntimeError(f"client enrollment failed: {reply.error.reason}")
+                pid = int(reply.content["metrics"][PARTITION_KEY])
+                self.node_of[pid] = reply.metadata.src_node_id
         missing = sorted(set(range(want)) - set(self.node_of))
         if missing:
             raise RuntimeError(f"no client reported partition ids {missing}")
