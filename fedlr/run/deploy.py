@@ -801,7 +801,11 @@ class ProcessTree:
             except ps.Error:
                 continue
             with self._lock:
-                self.seen.setdefault(p.pid, key)
+                known = self.seen.get(p.pid)
+                if known is None or known[0] == key[0]:
+                    # the same process keeps its newest command line: one sampled between fork and
+                    # exec still shows its parent's (a pid reused by a later process is not relabelled)
+                    self.seen[p.pid] = key
 
     def _sample_loop(self, every: float) -> None:
         while not self._stop.wait(every):
