@@ -378,23 +378,24 @@ def experiment_from_json(text: str) -> Experiment:
     return experiment_from_dict(json.loads(text))
 
 
+def toml_value(v: Any) -> str:
+    """A scalar or list as a TOML value (bool, int, float, string, list of those)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    raise TypeError(v)
+
+
 def to_toml(exp: Experiment) -> str:
     """Write the resolved experiment as TOML (flat tables, the value types TOML has)."""
-
-    def fmt(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        if isinstance(v, str):
-            return json.dumps(v)
-        if isinstance(v, list):
-            return "[" + ", ".join(fmt(x) for x in v) + "]"
-        raise TypeError(v)
-
     d = exp.to_dict()
     lines = [f"seed = {d.pop('seed')}"]
     for section, fields in d.items():
         lines.append(f"\n[{section}]")
-        lines += [f"{k} = {fmt(v)}" for k, v in fields.items() if v is not None]
+        lines += [f"{k} = {toml_value(v)}" for k, v in fields.items() if v is not None]
     return "\n".join(lines) + "\n"

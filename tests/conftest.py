@@ -35,3 +35,18 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def assert_merged_export_reloads(bench, path: Path) -> None:
+    """The merged export of ``bench``'s loaded model reloads in transformers with its logits."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from fedlr.adapters.export import export_model
+
+    export_model(bench, path)
+    batch = bench.data.test().batch(list(range(8)))
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    ours = bench.adapted.model(**inputs).logits
+    theirs = AutoModelForSequenceClassification.from_pretrained(path).eval()(**inputs).logits
+    assert torch.allclose(ours, theirs, atol=1e-5)

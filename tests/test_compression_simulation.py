@@ -13,12 +13,16 @@ from fedlr.results import read_ledger
 pytestmark = pytest.mark.slow
 
 
+def run_tiny(tmp_path, name, overrides):
+    """Run the tiny experiment with ``overrides`` through Ray; its plan and its ledger."""
+    assert main(["run", str(TINY), "--quiet", "--set", f'output.dir="{tmp_path}"', "--set", f'output.name="{name}"',
+                 *[a for o in overrides for a in ("--set", o)]]) == 0
+    return communication_plan(load_experiment(TINY, overrides), 2), read_ledger(tmp_path / name)
+
+
 def test_powersgd_uplink_in_the_ledger_equals_the_plan(tmp_path):
     overrides = ["method.name=fedit", "method.rank=8", 'compression.codec="powersgd"', "compression.rank=1"]
-    assert main(["run", str(TINY), "--quiet", "--set", f'output.dir="{tmp_path}"', "--set", 'output.name="p"',
-                 *[a for o in overrides for a in ("--set", o)]]) == 0
-    plan = communication_plan(load_experiment(TINY, overrides), 2)
-    ledger = read_ledger(tmp_path / "p")
+    plan, ledger = run_tiny(tmp_path, "p", overrides)
     assert plan["codec"] == "powersgd" and plan["compression_ratio"] > 4
     assert plan["uplink_bytes_per_client"] * plan["compression_ratio"] > 0.9 * plan["dense_uplink_bytes_per_client"]
     for row in ledger[1:]:
@@ -30,10 +34,7 @@ def test_powersgd_uplink_in_the_ledger_equals_the_plan(tmp_path):
 def test_lgreco_topk_with_error_feedback_runs_within_the_uniform_bytes(tmp_path):
     overrides = ["method.name=fedit", "method.rank=8", "federation.num_rounds=3", 'compression.codec="topk"',
                  "compression.density=0.1", 'compression.adaptive="lgreco"', "compression.reselect_every=1"]
-    assert main(["run", str(TINY), "--quiet", "--set", f'output.dir="{tmp_path}"', "--set", 'output.name="l"',
-                 *[a for o in overrides for a in ("--set", o)]]) == 0
-    plan = communication_plan(load_experiment(TINY, overrides), 2)
-    ledger = read_ledger(tmp_path / "l")
+    plan, ledger = run_tiny(tmp_path, "l", overrides)
     assert all(r["clients_rejected"] == 0 and r["clients_failed"] == 0 for r in ledger)
     assert ledger[-1]["cumulative_uplink_bytes"] <= plan["total_uplink_bytes"]
     assert ledger[-1]["cumulative_downlink_bytes"] == plan["total_downlink_bytes"]  # the assignment is counted
@@ -46,10 +47,7 @@ def test_compressed_downlink_in_the_ledger_equals_the_plan(tmp_path):
     downlink bytes of every round equal the plan's."""
     overrides = ["method.name=fedit", "method.rank=8", "federation.num_rounds=4", 'compression.codec="powersgd"',
                  "compression.rank=1", "compression.downlink=true", "evaluation.client_side=false"]
-    assert main(["run", str(TINY), "--quiet", "--set", f'output.dir="{tmp_path}"', "--set", 'output.name="d"',
-                 *[a for o in overrides for a in ("--set", o)]]) == 0
-    plan = communication_plan(load_experiment(TINY, overrides), 2)
-    ledger = read_ledger(tmp_path / "d")
+    plan, ledger = run_tiny(tmp_path, "d", overrides)
     assert all(r["clients_rejected"] == 0 and r["clients_failed"] == 0 for r in ledger)
     assert [r["downlink_bytes"] for r in ledger[1:]] == plan["downlink_bytes_by_round"]
     dense_round = 2 * plan["downlink_bytes"]

@@ -5,9 +5,8 @@ dense base weights going down; the merged export reloads as a plain model with t
 
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification
 
-from fedlr.adapters.export import export_model
+from conftest import assert_merged_export_reloads
 from fedlr.config import experiment_from_dict
 from fedlr.methods import get_method
 from fedlr.models.adapted import adapter_paths
@@ -79,9 +78,4 @@ def test_plan_counts_the_dense_base_weights_down_and_only_adapters_up(setup):
 def test_merged_export_reloads_with_the_same_logits(setup, tmp_path):
     exp, bench, state, updates, weights, new = setup
     bench.load(new)
-    export_model(bench, tmp_path / "model")
-    batch = bench.data.test().batch(list(range(8)))
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    ours = bench.adapted.model(**inputs).logits
-    theirs = AutoModelForSequenceClassification.from_pretrained(tmp_path / "model").eval()(**inputs).logits
-    assert torch.allclose(ours, theirs, atol=1e-5)
+    assert_merged_export_reloads(bench, tmp_path / "model")

@@ -10,9 +10,8 @@ import math
 import pytest
 import torch
 from flwr.app import Metadata, Message, MetricRecord, RecordDict
-from transformers import AutoModelForSequenceClassification
 
-from fedlr.adapters.export import export_model
+from conftest import assert_merged_export_reloads
 from fedlr.cli import main
 from fedlr.config import METHOD_NAMES, ConfigError, experiment_from_dict, load_experiment
 from fedlr.methods import get_method
@@ -139,12 +138,7 @@ def test_a_process_switching_ranks_gives_each_client_the_same_update(trained):
 def test_merged_export_after_heterogeneous_rounds_reloads_with_the_same_logits(trained, tmp_path):
     exp, bench, *_, new = trained
     bench.central_eval(new, {})
-    export_model(bench, tmp_path / "model")
-    batch = bench.data.test().batch(list(range(8)))
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    ours = bench.adapted.model(**inputs).logits
-    theirs = AutoModelForSequenceClassification.from_pretrained(tmp_path / "model").eval()(**inputs).logits
-    assert torch.allclose(ours, theirs, atol=1e-5)
+    assert_merged_export_reloads(bench, tmp_path / "model")
 
 
 # ----------------------------------------------------------------------------- validation
@@ -208,21 +202,16 @@ def test_bad_client_ranks_fail_with_the_field_named(data, message):
     assert message in str(e.value)
 
 
-def test_a_client_rank_larger_than_a_layer_fails_before_any_work(tmp_path, tiny_path, capsys):
+@pytest.mark.parametrize("method, ranks, message", [
+    ("flora", "[2, 65]", "method.client_ranks: 65 exceeds min(d_in, d_out) = 64"),  # larger than a layer
+    ("fedit", "[2, 4]", "fedit cannot give clients different ranks"),
+])
+def test_fedlr_run_with_bad_client_ranks_exits_2_before_any_work(tmp_path, tiny_path, capsys, method, ranks, message):
     out = tmp_path / "runs"
-    code = main(["run", str(tiny_path), "--set", f'output.dir="{out}"', "--set", "method.name=flora",
-                 "--set", "method.client_ranks=[2, 65]"])
+    code = main(["run", str(tiny_path), "--set", f'output.dir="{out}"', "--set", f"method.name={method}",
+                 "--set", f"method.client_ranks={ranks}"])
     assert code == 2
-    assert "method.client_ranks: 65 exceeds min(d_in, d_out) = 64" in capsys.readouterr().err
-    assert not out.exists()
-
-
-def test_fedlr_run_with_client_ranks_on_fedit_exits_2(tmp_path, tiny_path, capsys):
-    out = tmp_path / "runs"
-    code = main(["run", str(tiny_path), "--set", f'output.dir="{out}"', "--set", "method.name=fedit",
-                 "--set", "method.client_ranks=[2, 4]"])
-    assert code == 2
-    assert "fedit cannot give clients different ranks" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
     assert not out.exists()
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from fedlr.cli import main
-from fedlr.config import ConfigError
+from fedlr.config import ConfigError, toml_value
 from fedlr.results import RunDir, read_ledger
 from fedlr.results.console import Console
 from fedlr.sweep import (SweepSpec, axis_labels, build_sweep, check_field, execute_sweep, expand, load_sweep,
@@ -39,23 +39,11 @@ def tiny_data(tmp_path: Path, sweep: dict | None = None) -> dict:
 
 def write_toml(path: Path, data: dict) -> Path:
     """A small TOML writer for the test configs (tables of scalars and lists, one level deep)."""
-
-    def fmt(v):
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        if isinstance(v, str):
-            return json.dumps(v)
-        if isinstance(v, list):
-            return "[" + ", ".join(fmt(x) for x in v) + "]"
-        raise TypeError(v)
-
-    lines = [f"{k} = {fmt(v)}" for k, v in data.items() if not isinstance(v, dict)]
+    lines = [f"{k} = {toml_value(v)}" for k, v in data.items() if not isinstance(v, dict)]
     for section, table in data.items():
         if isinstance(table, dict):
             lines.append(f"\n[{section}]")
-            lines += [f"{json.dumps(k)} = {fmt(v)}" for k, v in table.items()]
+            lines += [f"{json.dumps(k)} = {toml_value(v)}" for k, v in table.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
 
