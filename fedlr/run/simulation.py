@@ -1,5 +1,6 @@
 """Simulation on Flower's simulation engine (Ray backend): N virtual SuperNodes, the object store
-capped, telemetry off, client resources from the experiment."""
+capped, telemetry off, client resources from the experiment, and the engine's message poller
+replaced by one whose cost does not grow with N (``fedlr.run.engine_poll``)."""
 
 from __future__ import annotations
 
@@ -53,9 +54,11 @@ def simulate(exp: Experiment, run_dir: RunDir, console: Console, resume: bool = 
     from flwr.simulation import run_simulation
 
     from fedlr.clients.app import app as client_app
+    from fedlr.run import engine_poll
     from fedlr.run.server import make_server_app
 
     FLOWER_LOGGER.setLevel(logging.ERROR)  # client failures still show; fedlr logs its own warnings
+    engine_poll.install()  # one scan of the message store per poll, not one per client
     result: dict = {}
     run_simulation(
         server_app=make_server_app(exp, run_dir, console, result, resume=resume), client_app=client_app,
