@@ -6,6 +6,8 @@ Protocol (all message contents are RecordDicts):
 - ``train.sb_init``: Fed-SB's federated init; reply {"grads": summed target-weight gradients}.
 - ``train``: {"arrays": global trained tensors, "once"?: frozen tensors sent on first
   participation, "config": {server-round}} → reply {"arrays": update Δ, "metrics": {...}}.
+- ``train.fused`` (simulation, ``federation.fused_clients``): as ``train`` for the group of
+  partition ids in its config → reply {"arrays-<pid>": Δ, "metrics-<pid>": {...}} per client.
 
 Persistent per-client state (``context.state``): the experiment, the once-broadcast tensors, and
 under DP (``privacy.mode`` 'sample' or 'client_local') the client's accountant history
@@ -30,9 +32,9 @@ from fedlr.privacy.accountant import StepAccountant
 from fedlr.compression.base import canonical_keys
 from fedlr.compression.pipeline import apply_broadcast, cached_reference, encode_update, remember_broadcast
 from fedlr.run import client_snapshots
-from fedlr.run.records import (BASE_ROUND_KEY, BROADCAST_KEY, EXPERIMENT_KEY, KEEP_FROM_KEY, PARTITION_KEY,
-                               RESUME_ROUND_KEY, STATE_DIR_KEY, from_record, payload_record, record_payload,
-                               to_record)
+from fedlr.run.records import (BASE_ROUND_KEY, BROADCAST_KEY, EXPERIMENT_KEY, FUSED_KEY, KEEP_FROM_KEY, PARTITION_KEY,
+                               RESUME_ROUND_KEY, STATE_DIR_KEY, from_record, fused_key, payload_record,
+                               record_payload, to_record)
 from fedlr.seeding import torch_generator
 from fedlr.workbench import get_workbench
 
@@ -114,6 +116,24 @@ def train(msg: Message, context: Context) -> Message:
         client_snapshots.save(state_dir, _partition_id(context), server_round, context.state, skip=(STATE_CONFIG,),
                               keep_from=None if keep_from is None else int(keep_from))
     content = RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)})
+    return Message(content, reply_to=msg)
+
+
+@app.train("fused")
+def train_fused(msg: Message, context: Context) -> Message:
+    """Simulation only (``federation.fused_clients``): the round of every client in the message's
+    group, trained in one pass over the shared frozen base (``Workbench.fused_round``); each
+    client's update and metrics under its own keys. The experiment forbids per-client state here
+    (``fedlr.config.fused_refusal``), so nothing is kept in this node's context."""
+    exp = _experiment(context)
+    config = msg.content["config"]
+    once = from_record(msg.content["once"]) if "once" in msg.content.array_records else {}
+    results = get_workbench(exp).fused_round([int(p) for p in config[FUSED_KEY]], int(config["server-round"]),
+                                             from_record(msg.content["arrays"]), once)
+    content = RecordDict()
+    for pid, (update, metrics) in results.items():
+        content[fused_key("arrays", pid)] = to_record(update)
+        content[fused_key("metrics", pid)] = MetricRecord(metrics)
     return Message(content, reply_to=msg)
 
 

@@ -129,6 +129,9 @@ class FederationConfig(_Section):
     min_replies: int = Field(
         1, gt=0, description="valid updates a round needs to aggregate; with fewer the global model stays as it "
         "was and the ledger row says aggregated = false")
+    fused_clients: int = Field(
+        1, gt=0, description="simulation only: train up to this many sampled clients in one worker call, in one "
+        "pass over the shared frozen base (fedlr.fused); 1 trains each client on its own")
 
     @model_validator(mode="after")
     def _sampling_fits(self) -> "FederationConfig":
@@ -140,6 +143,33 @@ class FederationConfig(_Section):
             raise ValueError(f"min_replies ({self.min_replies}) must be <= clients_per_round "
                              f"({self.clients_per_round}): no round could ever aggregate")
         return self
+
+
+def fused_refusal(exp: "Experiment") -> str | None:
+    """Why ``exp``'s clients cannot be trained fused (``fedlr.fused``), or None. A fused call runs
+    several clients' rounds in one worker, so it must need nothing a client keeps between rounds
+    (an accountant, error-feedback memory, a cached broadcast) and nothing drawn per client inside
+    training beyond its batches."""
+    if exp.method.name == "full_ft":
+        return "full fine-tuning trains every weight, so clients share no frozen base to fuse over"
+    if exp.privacy.enabled and exp.privacy.mode in ("sample", "client_local"):
+        return (f"privacy.mode {exp.privacy.mode!r} keeps an accountant in each client and draws its noise per "
+                "client (Opacus per-sample gradients are not fused)")
+    if exp.compression.active:
+        return "compression keeps error-feedback memory and a warm start in each client between rounds"
+    if exp.method.client_ranks:
+        return "method.client_ranks gives clients adapters of different shapes, which cannot be stacked"
+    if exp.faults.fraction > 0:
+        return "[faults] injects failures per client, and a fused call succeeds or fails as a whole"
+    return None
+
+
+def deployment_refusal(exp: "Experiment") -> str | None:
+    """Why ``exp`` cannot run on real SuperNodes (``fedlr deploy``), or None."""
+    if exp.federation.fused_clients > 1:
+        return (f"federation.fused_clients = {exp.federation.fused_clients} is a simulation setting: one worker "
+                "trains several clients on their data, which deployed clients do not share; set it to 1")
+    return None
 
 
 FAULT_KINDS = ("raise", "hang", "garbage")
@@ -274,6 +304,16 @@ class Experiment(_Section):
             raise ValueError(f"compression.downlink: {self.method.name} {DOWNLINK_REFUSED[self.method.name]}; the "
                              "broadcast delta B_t − B_(t−1) would not be the small change a codec can shrink. Leave it "
                              "false for this method")
+        return self
+
+    @model_validator(mode="after")
+    def _fused_clients_fit_the_run(self) -> "Experiment":
+        if self.federation.fused_clients == 1:
+            return self
+        reason = fused_refusal(self)
+        if reason is not None:
+            raise ValueError(f"federation.fused_clients = {self.federation.fused_clients}: {reason}; set "
+                             "federation.fused_clients = 1")
         return self
 
     @model_validator(mode="after")

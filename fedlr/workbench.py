@@ -14,6 +14,7 @@ import torch
 
 from fedlr.config import Experiment
 from fedlr.data import FederatedData
+from fedlr.fused import fused_local_train
 from fedlr.models import choose_device, load_tokenizer
 from fedlr.models.adapted import AdaptedModel, adapter_paths, build_adapted_model
 from fedlr.privacy.accountant import StepAccountant
@@ -55,19 +56,9 @@ class Workbench:
         metrics. Under ``sample`` and ``client_local`` the round's privacy cost is composed into
         ``accountant`` (the client's own, persisted by the caller) and its cumulative ε reported."""
         exp = self.exp
-        data = self.data.client_train(partition_id)
-        if len(data) == 0:
-            raise ValueError(f"client {partition_id} has no training examples and cannot take part in training "
-                             "(its update would be empty; under DP-SGD its sampling rate batch_size/n is undefined)")
-        # this client's own rank (method.client_ranks) and the tensors it draws itself (FLoRA's fresh adapters)
-        self.adapted.use_rank(exp.method.client_rank(partition_id), exp.seed)
-        global_state = {**global_state, **self.adapted.fresh_state(exp.seed, server_round)}
-        self.load(once_state, global_state)
-        metrics: dict[str, float] = {}
-        if exp.evaluation.client_side:
-            ev = evaluate(self.adapted.model, self.data.client_val(partition_id), exp.evaluation.batch_size, self.device)
-            if ev.num_examples:
-                metrics.update({"val_loss": ev.loss, "val_accuracy": ev.accuracy, "val_examples": ev.num_examples})
+        data = self.train_data(partition_id)
+        global_state = self.receive(exp.method.client_rank(partition_id), server_round, global_state, once_state)
+        metrics = self.client_val_metrics(partition_id)
         torch.manual_seed(derive_seed(exp.seed, "dropout", server_round, partition_id))
         gen = torch_generator(exp.seed, "batches", server_round, partition_id)
         params = self.adapted.trainable_parameters()
@@ -84,13 +75,7 @@ class Workbench:
             metrics.update({"dp_empty_batches": res.empty_batches, "dp_mean_batch_size": res.mean_batch_size})
         else:
             res = local_train(self.adapted.model, params, head, data, exp.train, gen, self.device)
-        trained = self.adapted.trained_state()
-        update = {k: trained[k] - global_state[k] for k in self.adapted.trained_keys}
-        if plan is not None and plan.mode == "client_central":
-            update, _ = clip_update(update, plan.max_grad_norm)
-        elif plan is not None and plan.mode == "client_local":
-            noise_gen = noise_generator(exp.privacy.noise_source, exp.seed, "client-noise", server_round, partition_id)
-            update = add_local_noise(update, plan.max_grad_norm, plan.noise_multiplier, noise_gen)
+        update = self.released(self.adapted.trained_state(), global_state, partition_id, server_round)
         if plan is not None and plan.mode in ("sample", "client_local"):
             if accountant is None:
                 raise ValueError(f"privacy.mode {plan.mode!r} needs the client's accountant")
@@ -98,6 +83,69 @@ class Workbench:
             metrics["epsilon"] = accountant.epsilon(plan.delta)
         metrics.update({"train_loss": res.loss, "steps": res.steps, "num-examples": res.num_examples})
         return update, metrics
+
+    def fused_round(self, partition_ids: list[int], server_round: int, global_state: State,
+                    once_state: State) -> dict[int, tuple[State, dict[str, float]]]:
+        """``client_round`` for several clients in one pass over the frozen base
+        (``federation.fused_clients``; ``fedlr.fused.fused_local_train``): each client evaluates
+        the received model on its own validation data, then the clients whose batches have the
+        same size train together, each from the received model with its own batch stream (the
+        draws ``client_round`` makes). Dropout masks come from one stream per group, seeded as the
+        group's first client's. Per-client DP and compression are refused by the config
+        (``fedlr.config.fused_refusal``); under ``client_central`` each update is clipped."""
+        exp = self.exp
+        datasets = {pid: self.train_data(pid) for pid in partition_ids}
+        global_state = self.receive(exp.method.rank, server_round, global_state, once_state)
+        start = self.adapted.trained_state()
+        metrics = {pid: self.client_val_metrics(pid) for pid in partition_ids}
+        groups: dict[int, list[int]] = {}
+        for pid in partition_ids:
+            groups.setdefault(min(exp.train.batch_size, len(datasets[pid])), []).append(pid)
+        out: dict[int, tuple[State, dict[str, float]]] = {}
+        for group in groups.values():
+            torch.manual_seed(derive_seed(exp.seed, "dropout", server_round, group[0]))
+            gens = [torch_generator(exp.seed, "batches", server_round, pid) for pid in group]
+            trained, results = fused_local_train(self.adapted, [start] * len(group), [datasets[p] for p in group],
+                                                 exp.train, gens, self.device)
+            for pid, state, res in zip(group, trained, results):
+                metrics[pid].update({"train_loss": res.loss, "steps": res.steps, "num-examples": res.num_examples})
+                out[pid] = (self.released(state, global_state, pid, server_round), metrics[pid])
+        return {pid: out[pid] for pid in partition_ids}
+
+    def train_data(self, partition_id: int):
+        data = self.data.client_train(partition_id)
+        if len(data) == 0:
+            raise ValueError(f"client {partition_id} has no training examples and cannot take part in training "
+                             "(its update would be empty; under DP-SGD its sampling rate batch_size/n is undefined)")
+        return data
+
+    def receive(self, rank: int, server_round: int, global_state: State, once_state: State) -> State:
+        """Load the received model at a client's ``rank`` (``method.client_ranks``), with the
+        tensors a client draws itself (FLoRA's fresh adapters); returns the state loaded."""
+        self.adapted.use_rank(rank, self.exp.seed)
+        global_state = {**global_state, **self.adapted.fresh_state(self.exp.seed, server_round)}
+        self.load(once_state, global_state)
+        return global_state
+
+    def client_val_metrics(self, partition_id: int) -> dict[str, float]:
+        """The loaded model on the client's validation split (``evaluation.client_side``)."""
+        if not self.exp.evaluation.client_side:
+            return {}
+        ev = evaluate(self.adapted.model, self.data.client_val(partition_id), self.exp.evaluation.batch_size,
+                      self.device)
+        return {"val_loss": ev.loss, "val_accuracy": ev.accuracy, "val_examples": ev.num_examples} if ev.num_examples else {}
+
+    def released(self, trained: State, received: State, partition_id: int, server_round: int) -> State:
+        """The update a client sends, Δ = θ_trained − θ_received of every trained tensor: clipped
+        to S under ``client_central``, clipped and noised under ``client_local``."""
+        plan, exp = self.privacy, self.exp
+        update = {k: trained[k] - received[k] for k in self.adapted.trained_keys}
+        if plan is not None and plan.mode == "client_central":
+            update, _ = clip_update(update, plan.max_grad_norm)
+        elif plan is not None and plan.mode == "client_local":
+            noise_gen = noise_generator(exp.privacy.noise_source, exp.seed, "client-noise", server_round, partition_id)
+            update = add_local_noise(update, plan.max_grad_norm, plan.noise_multiplier, noise_gen)
+        return update
 
     def init_gradients(self, partition_id: int, num_examples: int) -> tuple[State, int]:
         """Fed-SB init: summed gradients of the target base weights on this client's first

@@ -43,9 +43,9 @@ from fedlr.privacy.planning import PrivacyPlan
 from fedlr.compression.base import canonical_keys
 from fedlr.compression.pipeline import (choose_assignment, decode_update, encode_broadcast, planned_bytes,
                                        should_reselect)
-from fedlr.run.records import (BASE_ROUND_KEY, BROADCAST_KEY, KEEP_FROM_KEY, PARTITION_KEY, RESUME_ROUND_KEY,
-                               STATE_DIR_KEY, experiment_config, from_record, payload_record, record_payload,
-                               to_record)
+from fedlr.run.records import (BASE_ROUND_KEY, BROADCAST_KEY, FUSED_ACTION, FUSED_KEY, KEEP_FROM_KEY, PARTITION_KEY,
+                               RESUME_ROUND_KEY, STATE_DIR_KEY, experiment_config, from_record, fused_key,
+                               payload_record, record_payload, to_record)
 from fedlr.seeding import torch_generator
 from fedlr.sampling import sample_clients
 from fedlr.validation import at_rank, expected_of, update_problem
@@ -108,7 +108,7 @@ class FedLRStrategy(FedAvg):
         self.resume_round = -1  # the round a resumed run restarts after (-1: a fresh run)
         self._wall_offset = 0.0  # wall time the run had spent before it was resumed
         self.node_of: dict[int, int] = {}  # partition id -> Flower node id
-        self.sent_to: dict[str, int] = {}  # message id -> partition id, for the last exchange
+        self.sent_to: dict[str, list[int]] = {}  # message id -> the partition ids it serves, for the last exchange
         self.assignment: dict[str, int] | None = None  # L-GreCo's per-tensor codec parameters
         self.last_aggregate: State | None = None  # θ_t − θ_{t−1} of the uploaded tensors (L-GreCo's input)
         self.has_once: set[int] = set()  # partition ids that already hold the once-broadcast tensors
@@ -143,8 +143,9 @@ class FedLRStrategy(FedAvg):
         if self.client_state_dir is not None:
             query[STATE_DIR_KEY] = self.client_state_dir
         content = RecordDict({"config": query})
-        # in batches: Flower's in-memory LinkState scans every stored message for every node it
-        # polls, so N queries at once cost N² per poll (benchmarks/scale.py, docs/benchmarks.md)
+        # in batches: a SuperLink's in-memory LinkState scans every stored message for each node
+        # that pulls, so N queries at once would cost N² per pull interval (the simulation's poller
+        # scans once per poll instead: fedlr.run.engine_poll)
         for start in range(0, len(node_ids), ENROLL_BATCH):
             batch = node_ids[start:start + ENROLL_BATCH]
             msgs = [Message(content, dst_node_id=n, message_type=MessageType.QUERY) for n in batch]
@@ -166,7 +167,7 @@ class FedLRStrategy(FedAvg):
         the message ids when it pushes them)."""
         partition_of = {node: pid for pid, node in self.node_of.items()}
         replies = grid.send_and_receive(messages, timeout=self.exp.federation.round_timeout_s)
-        self.sent_to = {m.metadata.message_id: partition_of[m.metadata.dst_node_id] for m in messages}
+        self.sent_to = {m.metadata.message_id: served_partitions(m, partition_of) for m in messages}
         return replies
 
     # ---------------------------------------------------------------- train
@@ -179,6 +180,8 @@ class FedLRStrategy(FedAvg):
         if self.spec.fresh:  # FLoRA: each client draws its fresh adapters from the seed at its own rank
             arrays = ArrayRecord(array_dict={k: a for k, a in arrays.items() if not self.spec.is_fresh(k)})
         arrays, delta = self.broadcast(server_round, arrays)
+        if fed.fused_clients > 1:
+            return self.fused_messages(server_round, pids, arrays)
         messages = []
         for pid in pids:
             config = ConfigRecord({"server-round": server_round, KEEP_FROM_KEY: self.keep_from(server_round)})
@@ -197,6 +200,27 @@ class FedLRStrategy(FedAvg):
                 content["once"] = once
                 self.report.downlink_bytes += once.count_bytes()
             messages.append(Message(content, dst_node_id=self.node_of[pid], message_type=MessageType.TRAIN))
+        return messages
+
+    def fused_messages(self, server_round: int, pids: list[int], arrays: ArrayRecord) -> list[Message]:
+        """``federation.fused_clients`` = K (simulation): the sampled clients in groups of up to K,
+        one message per group to its first client's worker, which trains them all in one pass
+        (``fedlr.fused``). The ledger counts what each client would receive on its own — the model,
+        and the once-broadcast tensors on its first participation — as the plan does; the group
+        shares one copy inside the simulation."""
+        k = self.exp.federation.fused_clients
+        once = to_record(self.once_state) if self.once_state else None
+        messages = []
+        for start in range(0, len(pids), k):
+            group = pids[start:start + k]
+            config = ConfigRecord({"server-round": server_round, KEEP_FROM_KEY: self.keep_from(server_round),
+                                   FUSED_KEY: group})
+            content = RecordDict({"arrays": arrays, "config": config})
+            if once is not None:
+                content["once"] = once
+            self.report.downlink_bytes += len(group) * arrays.count_bytes()
+            self.report.downlink_bytes += sum(once.count_bytes() for pid in group if pid not in self.has_once) if once else 0
+            messages.append(Message(content, dst_node_id=self.node_of[group[0]], message_type=FUSED_ACTION))
         return messages
 
     def broadcast(self, server_round: int, arrays: ArrayRecord) -> tuple[ArrayRecord, ArrayRecord | None]:
@@ -249,25 +273,21 @@ class FedLRStrategy(FedAvg):
         sampled clients that never replied (timeout) and rejected updates
         (``fedlr.validation.update_problem`` against ``expected``) are recorded in the report."""
         rep = self.report
-        partition_of = {node: pid for pid, node in self.node_of.items()}
         accepted, heard = [], set()
-        for msg in replies:
-            # a reply the SuperLink wrote for a dead node comes from the SuperLink's own id: find
-            # the partition through the message it answers
-            pid = self.sent_to.get(msg.metadata.reply_to_message_id, partition_of.get(msg.metadata.src_node_id, -1))
+        for pid, error, content in self.client_replies(replies, array_key):
             heard.add(pid)
-            if msg.has_error():
-                self._fail(pid, "error", msg.error.reason)
+            if error is not None:
+                self._fail(pid, "error", error)
                 continue
             rep.clients_replied += 1
-            received = sum(rec.count_bytes() for rec in msg.content.array_records.values())
+            received = sum(rec.count_bytes() for rec in content.array_records.values())
             rep.uplink_bytes += received
             try:
-                metrics = msg.content["metrics"]
+                metrics = content["metrics"]
                 want = self.expected_from(pid, expected)
                 reason = self.size_problem(received, array_key, want)
                 if reason is None:
-                    tensors = self.decode(msg.content[array_key], array_key, want)
+                    tensors = self.decode(content[array_key], array_key, want)
                     reason = update_problem(tensors, want) or self.norm_problem(tensors, array_key)
                 weight = float(metrics["num-examples"])
                 if reason is None and not weight > 0:
@@ -284,6 +304,26 @@ class FedLRStrategy(FedAvg):
             self._fail(pid, "timeout", f"no reply within {self.exp.federation.round_timeout_s} s")
         accepted.sort(key=lambda t: t[0])
         return accepted
+
+    def client_replies(self, replies: Iterable[Message], array_key: str):
+        """(partition id, error reason or None, content) for each client a reply answers for: a
+        fused reply (``fused_messages``) stands for every client of its group, each client's
+        arrays and metrics under its own keys."""
+        partition_of = {node: pid for pid, node in self.node_of.items()}
+        for msg in replies:
+            # a reply the SuperLink wrote for a dead node comes from the SuperLink's own id: find
+            # the partitions through the message it answers
+            pids = self.sent_to.get(msg.metadata.reply_to_message_id,
+                                    [partition_of.get(msg.metadata.src_node_id, -1)])
+            for pid in pids:
+                if msg.has_error():
+                    yield pid, msg.error.reason, None
+                elif msg.metadata.message_type != FUSED_ACTION:
+                    yield pid, None, msg.content
+                else:
+                    keys = {kind: fused_key(kind, pid) for kind in (array_key, "metrics")}
+                    yield pid, None, RecordDict({kind: msg.content[key] for kind, key in keys.items()
+                                                 if key in msg.content})
 
     def size_problem(self, received: int, array_key: str, expected) -> str | None:
         """A training reply larger than the plan allows: the dense record of the expected tensors,
@@ -422,6 +462,13 @@ class FedLRStrategy(FedAvg):
         """Flower's entry point, routed to ``run`` (fedlr keeps its own state and ledger)."""
         self.state = from_record(initial_arrays)
         return self.run(grid, num_rounds)
+
+
+def served_partitions(message: Message, partition_of: dict[int, int]) -> list[int]:
+    """The partition ids a training message serves: its group when fused, else its node's."""
+    if message.metadata.message_type == FUSED_ACTION:
+        return [int(p) for p in message.content["config"][FUSED_KEY]]
+    return [partition_of[message.metadata.dst_node_id]]
 
 
 def _weighted(accepted, key: str, weight_key: str) -> float | None:

@@ -59,10 +59,14 @@ def test_two_runs_of_one_config_give_identical_ledgers(fed_sb_runs):
     assert a[-1]["train_loss"] is not None and a[-1]["eval_accuracy"] is not None
 
 
-def test_fedit_run_through_ray_matches_its_plan(tmp_path, tiny_path):
-    path = run(tiny_path, tmp_path, "fedit", "method.name=fedit", "federation.num_rounds=1")
-    exp = load_experiment(tiny_path, ["method.name=fedit", "federation.num_rounds=1"])
+def test_fused_fedit_run_through_ray_matches_its_plan(tmp_path, tiny_path):
+    """Both sampled clients trained in one worker call (``federation.fused_clients``): the ledger
+    still counts what each client would receive and send on its own, which is the plan."""
+    overrides = ["method.name=fedit", "federation.num_rounds=1", "federation.fused_clients=2"]
+    path = run(tiny_path, tmp_path, "fedit", *overrides)
+    exp = load_experiment(tiny_path, overrides)
     plan = communication_plan(exp, 2)
     ledger = read_ledger(path)
     assert ledger[0]["uplink_bytes"] == 0  # no init round for FedIT
+    assert ledger[1]["clients_replied"] == 2 and ledger[1]["clients_failed"] == ledger[1]["clients_rejected"] == 0
     assert ledger[-1]["cumulative_bytes"] == plan["total_bytes"]

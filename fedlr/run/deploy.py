@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from fedlr.config import ConfigError, Experiment
+from fedlr.config import ConfigError, Experiment, deployment_refusal
 
 FLEET_PORT = 9092  # gRPC-rere Fleet API: SuperNodes connect here
 CONTROL_PORT = 8000  # HTTP(S) Control + Runtime APIs: `flwr run`/`flwr list` and the ServerApp connect here
@@ -683,6 +683,8 @@ def submit(exp: Experiment, connection: Connection, run_dir: str | Path | None =
     figures (``traffic.json`` in the run directory)."""
     from fedlr.preflight import preflight
 
+    if (reason := deployment_refusal(exp)) is not None:
+        raise DeployError(reason)
     echo = echo or (lambda text: None)
     run_dir = Path(run_dir).expanduser() if run_dir else default_run_dir(exp, run_name)
     if not run_dir.is_absolute():
@@ -1233,6 +1235,8 @@ def cmd_local(args) -> int:
     from fedlr.preflight import preflight
 
     exp = load_experiment(args.experiment, args.overrides)
+    if (reason := deployment_refusal(exp)) is not None:
+        raise DeployError(reason)
     preflight(exp)
     n = exp.federation.num_clients
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="fedlr-local-"))

@@ -37,7 +37,8 @@ import flwr
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedlr.config import ConfigError, Experiment, experiment_from_dict, experiment_from_json, load_experiment
+from fedlr.config import (ConfigError, Experiment, deployment_refusal, experiment_from_dict, experiment_from_json,
+                          load_experiment)
 
 EXPERIMENT_KEY = "experiment"
 RUN_DIR_KEY = "run-dir"
@@ -54,10 +55,14 @@ def experiment_from_run_config(run_config: dict) -> Experiment:
         raise ConfigError(f"the run config has no '{EXPERIMENT_KEY}' (submit with `fedlr deploy submit`)")
     if value.startswith("{"):
         try:
-            return experiment_from_json(value)
+            exp = experiment_from_json(value)
         except json.JSONDecodeError as e:
             raise ConfigError(f"run config '{EXPERIMENT_KEY}' is not valid JSON: {e}") from None
-    return load_experiment(value)
+    else:
+        exp = load_experiment(value)
+    if (reason := deployment_refusal(exp)) is not None:
+        raise ConfigError(reason)
+    return exp
 
 
 def run_dir_for(exp: Experiment, run_config: dict):

@@ -16,6 +16,13 @@ RESUME_ROUND_KEY = "resume-round"  # query: restore the client state of this rou
 KEEP_FROM_KEY = "keep-from"  # train config: oldest round the server may still resume from
 BROADCAST_KEY = "broadcast"  # train message: the compressed B_t - B_{t-1} (compression.downlink)
 BASE_ROUND_KEY = "base-round"  # train config: the round t-1 whose B_{t-1} the delta applies to
+FUSED_KEY = "fused-partitions"  # train.fused config: the partition ids one worker call trains (simulation)
+FUSED_ACTION = "train.fused"
+
+
+def fused_key(kind: str, partition_id: int) -> str:
+    """Where a fused reply keeps client ``partition_id``'s ``kind`` ('arrays', 'metrics')."""
+    return f"{kind}-{partition_id}"
 
 
 def to_record(state: dict[str, torch.Tensor]) -> ArrayRecord:
