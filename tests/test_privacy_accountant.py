@@ -36,6 +36,22 @@ def test_rdp_agrees_with_dp_accounting_within_one_percent(sigma, q, steps):
     assert ours == pytest.approx(independent.get_epsilon(DELTA), rel=1e-2)
 
 
+def test_orders_near_the_optimum_give_the_full_orders_epsilon():
+    """ε is taken over the integer orders and only the fractional ones that could beat the best of
+    them (``orders_near_optimum``): the same ε as over all of ``ORDERS``, to the bit, across σ, q,
+    steps and δ — including histories of two (σ, q) and cases whose optimum is far from the best
+    integer order (σ = 1, q = 0.005, one step, δ = 1e-8)."""
+    from fedlr.privacy.accountant import ORDERS
+
+    histories = [[(s, q, t)] for s in (0.5, 0.8, 1.0, 1.5, 3.0) for q in (0.005, 0.05, 0.2, 0.6, 1.0)
+                 for t in (1, 30, 3000)]
+    histories += [[(1.0, 0.1, 40), (0.7, 0.3, 12)], [(2.0, 0.02, 500), (1.2, 0.5, 3)]]
+    for history in histories:
+        for delta in (1e-3, 1e-5, 1e-8):
+            full = epsilon_of_history(history, delta, "rdp", ORDERS)
+            assert epsilon_of_history(history, delta, "rdp") == full, (history, delta)
+
+
 def test_prv_agrees_with_dp_accounting_pld_within_one_percent():
     pld = PLDAccountant(value_discretization_interval=1e-3)
     pld.compose(dp_accounting.PoissonSampledDpEvent(0.04, dp_accounting.GaussianDpEvent(1.5)), 2249)

@@ -109,7 +109,7 @@ def epsilon_of_history(history: list[tuple[float, float, int]], delta: float, ki
     if kind == "rdp":
         from opacus.accountants.analysis.rdp import get_privacy_spent
 
-        orders = tuple(orders or ORDERS)
+        orders = tuple(orders) if orders else orders_near_optimum(history, delta)
         rdp = sum(n * _step_rdp(float(s), float(q), orders) for s, q, n in history)
         eps, _ = get_privacy_spent(orders=list(orders), rdp=rdp, delta=delta)
         return float(eps)
@@ -123,10 +123,38 @@ def epsilon_of_history(history: list[tuple[float, float, int]], delta: float, ki
     raise ValueError(f"accountant {kind!r} is not one of {ACCOUNTANTS}")
 
 
-@lru_cache(maxsize=1024)
+def orders_near_optimum(history: list[tuple[float, float, int]], delta: float) -> tuple[float, ...]:
+    """The orders of ``ORDERS`` that can give the smallest ε of ``history``: every integer order,
+    ``ORDERS``' first one, and each fractional order α (1.1 … 10.9) whose lower bound
+    rdp(⌊α⌋) + c(α) is not above the best integer order's ε — RDP never decreases with the order,
+    and c(α) = −(log δ + log α)/(α − 1) + log((α − 1)/α) is the conversion term of
+    ``get_privacy_spent`` (Balle et al. 2020, Thm. 21). The orders left out cannot be the
+    minimum, so ε over these is ε over ``ORDERS``, to the bit.
+
+    Integer orders have a closed form; each fractional one is a series Opacus sums term by term
+    (0.3–0.5 s for all 90 of one (σ, q) on this machine, against 0.04 s for the 69 integer ones)."""
+    whole = tuple(a for a in ORDERS if a == int(a))
+    rdp = dict(zip(whole, sum(n * _step_rdp(float(s), float(q), whole) for s, q, n in history)))
+    best = min(rdp[a] + _conversion(a, delta) for a in whole)
+    margin = 1e-9 * max(1.0, abs(best))  # rounding in the series: keep orders whose bound is that close
+    near = tuple(a for a in ORDERS if a != int(a)
+                 and (a == ORDERS[0] or rdp.get(float(math.floor(a)), 0.0) + _conversion(a, delta) <= best + margin))
+    return tuple(sorted(whole + near))
+
+
+def _conversion(order: float, delta: float) -> float:
+    """ε(α) − RDP(α) in ``opacus.accountants.analysis.rdp.get_privacy_spent``."""
+    return -(math.log(delta) + math.log(order)) / (order - 1) + math.log((order - 1) / order)
+
+
 def _step_rdp(noise_multiplier: float, q: float, orders: tuple[float, ...]) -> np.ndarray:
     """RDP of one sampled-Gaussian step at ``orders`` (Mironov et al. 2019; Opacus's analysis,
-    whose ``compute_rdp(steps=T)`` is exactly T times this)."""
+    whose ``compute_rdp(steps=T)`` is exactly T times this), each order computed once per process."""
+    return np.array([_order_rdp(noise_multiplier, q, a) for a in orders], dtype=np.float64)
+
+
+@lru_cache(maxsize=1 << 16)
+def _order_rdp(noise_multiplier: float, q: float, order: float) -> float:
     from opacus.accountants.analysis.rdp import compute_rdp
 
-    return np.asarray(compute_rdp(q=q, noise_multiplier=noise_multiplier, steps=1, orders=list(orders)), dtype=np.float64)
+    return float(compute_rdp(q=q, noise_multiplier=noise_multiplier, steps=1, orders=[order])[0])
