@@ -172,3 +172,17 @@ def test_install_replaces_flowers_poller_only_on_the_pinned_version(monkeypatch)
     monkeypatch.setattr(engine_poll.flwr, "__version__", "9.9.9")
     assert not engine_poll.install()
     assert vce_api.add_messages_to_queue is engine_poll.FLOWER_POLLER
+
+
+def test_fast_pull_shortens_only_the_in_memory_grids_interval():
+    _, _, grid = engine(2)
+    assert grid.pull_interval == 0.1  # Flower's
+    engine_poll.fast_pull(grid)
+    assert grid.pull_interval == engine_poll.POLL_INTERVAL_S < 0.1
+
+    class OtherGrid:
+        pull_interval = 3.0
+
+    other = OtherGrid()
+    engine_poll.fast_pull(other)
+    assert other.pull_interval == 3.0
