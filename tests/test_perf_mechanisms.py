@@ -53,6 +53,27 @@ def test_base_model_built_once_and_data_tokenized_once_across_many_client_calls(
     assert len(tokenized) == len(cache)  # each client's train/val split and the test split: once each
 
 
+def test_each_evaluation_runs_once(tmp_path, monkeypatch, one_torch_thread):
+    """Central evaluation once per round (round 0 included), each sampled client's validation once
+    per round it takes part in: nothing is evaluated twice."""
+    central, client_side = [], []
+    real_evaluate = workbench.evaluate
+
+    def counting(model, data, *args, **kwargs):
+        (central if data is bench.data.test() else client_side).append(1)
+        return real_evaluate(model, data, *args, **kwargs)
+
+    exp = tiny(tmp_path, "federation.num_rounds=3", "train.local_steps=1", "evaluation.client_side=true",
+               'method.init="random"')
+    monkeypatch.setattr(workbench, "_WORKBENCHES", {})
+    bench = workbench.get_workbench(exp)
+    monkeypatch.setattr(workbench, "evaluate", counting)
+    run_in_process(exp, tmp_path, "evals")
+    fed = exp.federation
+    assert len(central) == fed.num_rounds + 1
+    assert len(client_side) == fed.num_rounds * fed.clients_per_round
+
+
 @pytest.mark.parametrize("extra", [
     ['privacy.mode="sample"', "privacy.noise_multiplier=1.0", 'method.init="random"'],
     ['compression.codec="topk"', "compression.density=0.1"],
