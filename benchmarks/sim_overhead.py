@@ -11,7 +11,9 @@ Fed-SB (random orthonormal init, so no dense init round), 8 clients, 4 sampled p
 2. ``inproc`` — fedlr's real ServerApp body and ClientApp in this process (``common.InProcessGrid``,
    one thread as the ClientApp sets): everything a simulation does except Ray and Flower's SuperLink;
 3. ``ray`` — ``fedlr.run.simulation.simulate``: Flower's simulation engine on Ray, one actor per
-   core, one torch thread per actor (``federation.num_cpus = 1``).
+   core, one torch thread per actor (``federation.num_cpus = 1``); ``ray-1`` the same with one
+   actor (``federation.ray_num_cpus = 1``: like for like with ``plain``); ``ray-fused`` with the
+   round's clients trained in one worker call (``federation.fused_clients = 4``, ``fedlr.fused``).
 
 Steady state = rounds 3..R (the first rounds build the model in every worker). Overhead ratio =
 median steady round wall time / median plain round time. Fixed cost per client-round =
@@ -45,14 +47,21 @@ MODELS = {"minilm": ("bundled:all-MiniLM-L6-v2", 64, 5), "tiny": ("tiny-random-b
 STEADY_FROM = 3
 
 
-def experiment(model: str, rounds: int, out: str):
+RAY_VARIANTS = {  # label -> overrides of the Ray runs
+    "ray": [],  # one actor per core (2 here)
+    "ray-1": ["federation.ray_num_cpus=1"],  # one actor: the engine's cost against plain, like for like
+    "ray-fused": ["federation.fused_clients=4"],  # the round's 4 clients in one worker call (fedlr.fused)
+}
+
+
+def experiment(model: str, rounds: int, out: str, extra: list[str] = ()):
     name, max_length, steps = MODELS[model]
     return load_experiment("experiments/tiny.toml", [
         f'model.name_or_path="{name}"', f"model.max_length={max_length}", "data.max_train_examples=2000",
         'method.init="random"', "method.rank=16", "federation.num_clients=8", "federation.clients_per_round=4",
         f"federation.num_rounds={rounds}", f"train.local_steps={steps}", "train.batch_size=16",
         "evaluation.central=false", "evaluation.client_side=false", "output.export_peft=false",
-        f'output.dir="{out}"',
+        f'output.dir="{out}"', *extra,
     ])
 
 
@@ -108,12 +117,15 @@ def main() -> None:
         in_stamps, _, _ = timed_run(lambda c: run_server(grid, exp, RunDir.create(exp, f"{model}-inproc"), c))
         from fedlr.run.simulation import simulate
 
-        ray_stamps, ray_total, summary = timed_run(lambda c: simulate(exp, RunDir.create(exp, f"{model}-ray"), c))
+        ray_runs = {}
+        for label, extra in RAY_VARIANTS.items():
+            variant = experiment(model, args.rounds, out, extra)
+            ray_runs[label] = timed_run(lambda c: simulate(variant, RunDir.create(variant, f"{model}-{label}"), c))
         plain += plain_rounds(exp, bench, 1)
         plain_all_cores = plain_rounds(exp, bench, os.cpu_count() or 1)
         plan = communication_plan(exp, bench.data.num_labels)
 
-        p, ip, rr = median(plain), median(steady(in_stamps)), median(steady(ray_stamps))
+        p, ip = median(plain), median(steady(in_stamps))
         k = fed.clients_per_round
         report.line(f"== {model}: {exp.model.name_or_path}, fed_sb r={exp.method.rank}, {fed.num_clients} clients, "
                     f"{k} per round, {exp.train.local_steps} steps x batch {exp.train.batch_size}, "
@@ -122,14 +134,18 @@ def main() -> None:
                     f"[{', '.join(f'{t:.2f}' for t in plain)}]")
         report.line(f"plain local_train, {os.cpu_count()} threads (torch default), sum per round (s): median "
                     f"{median(plain_all_cores):.3f}  [{', '.join(f'{t:.2f}' for t in plain_all_cores)}]")
-        for label, stamps, med in (("inproc", in_stamps, ip), ("ray", ray_stamps, rr)):
-            report.line(f"{label:6s} steady round (s): median {med:.3f}  [{', '.join(f'{t:.2f}' for t in steady(stamps))}]"
+        rows = [("inproc", in_stamps)] + [(label, stamps) for label, (stamps, _, _) in ray_runs.items()]
+        for label, stamps in rows:
+            med = median(steady(stamps))
+            report.line(f"{label:9s} steady round (s): median {med:.3f}  [{', '.join(f'{t:.2f}' for t in steady(stamps))}]"
                         f"  overhead ratio {med / p:.3f}  fixed cost per client-round {1000 * (med - p) / k:.0f} ms")
-        report.line(f"ray startup (s): to round 0 row {ray_stamps[0]:.1f}, to round 1 row {ray_stamps[1]:.1f}, "
-                    f"startup = round-1 end - one steady round = {ray_stamps[1] - rr:.1f}; whole simulate() {ray_total:.1f}")
-        ok = summary["total_bytes"] == plan["total_bytes"]
-        report.line(f"ray ledger bytes {summary['total_bytes']:,} vs plan {plan['total_bytes']:,}: "
-                    f"{'equal' if ok else 'DIFFERENT'}")
+        for label, (stamps, total, summary) in ray_runs.items():
+            rr = median(steady(stamps))
+            ok = summary["total_bytes"] == plan["total_bytes"]
+            report.line(f"{label} startup (s): to round 0 row {stamps[0]:.1f}, to round 1 row {stamps[1]:.1f}, "
+                        f"startup = round-1 end - one steady round = {stamps[1] - rr:.1f}; whole simulate() "
+                        f"{total:.1f}; ledger bytes {summary['total_bytes']:,} vs plan {plan['total_bytes']:,}: "
+                        f"{'equal' if ok else 'DIFFERENT'}")
         report.line()
     report.save()
 
