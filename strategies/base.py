@@ -218,8 +218,8 @@ class FedLRStrategy(FedAvg):
             content = RecordDict({"arrays": arrays, "config": config})
             if once is not None:
                 content["once"] = once
-            self.report.downlink_bytes += len(group) * arrays.count_bytes()
-            self.report.downlink_bytes += sum(once.count_bytes() for pid in group if pid not in self.has_once) if once else 0
+            first_time = sum(pid not in self.has_once for pid in group)
+            self.report.downlink_bytes += len(group) * arrays.count_bytes() + (first_time * once.count_bytes() if once else 0)
             messages.append(Message(content, dst_node_id=self.node_of[group[0]], message_type=FUSED_ACTION))
         return messages
 

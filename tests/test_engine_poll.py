@@ -174,15 +174,35 @@ def test_install_replaces_flowers_poller_only_on_the_pinned_version(monkeypatch)
     assert vce_api.add_messages_to_queue is engine_poll.FLOWER_POLLER
 
 
-def test_fast_pull_shortens_only_the_in_memory_grids_interval():
-    _, _, grid = engine(2)
+def test_poll_interval_is_short_for_a_round_and_flowers_for_a_burst():
+    assert engine_poll.poll_interval(0) == engine_poll.poll_interval(10) == 0.01
+    assert 0.01 < engine_poll.poll_interval(100) < 0.1
+    assert engine_poll.poll_interval(256) == engine_poll.poll_interval(10_000) == 0.1  # Flower's own
+
+
+def test_fast_pull_sets_the_in_memory_grids_interval_per_exchange():
+    state, nodes, grid = engine(30)
     assert grid.pull_interval == 0.1  # Flower's
     engine_poll.fast_pull(grid)
-    assert grid.pull_interval == engine_poll.POLL_INTERVAL_S < 0.1
+    order = list(nodes)
+    stop = threading.Event()
+    th = threading.Thread(target=engine_poll.add_messages_to_queue, args=(state, Queue(), nodes, stop))
+    th.start()  # delivers the messages; nobody answers them, so each exchange times out
+    try:
+        for count in (2, 30):
+            msgs = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in order[:count]]
+            assert grid.send_and_receive(msgs, timeout=0.05) == []
+            assert grid.pull_interval == engine_poll.poll_interval(count)
+    finally:
+        stop.set()
+        th.join(timeout=5)
 
     class OtherGrid:
         pull_interval = 3.0
 
+        def send_and_receive(self, messages, *, timeout=None):
+            return []
+
     other = OtherGrid()
     engine_poll.fast_pull(other)
-    assert other.pull_interval == 3.0
+    assert other.pull_interval == 3.0 and "send_and_receive" not in vars(other)

@@ -112,7 +112,7 @@ def make_server_app(exp: Experiment, run_dir: RunDir, console: Console, result: 
     def main(grid: Grid, context: Context) -> None:
         from fedlr.run import engine_poll
 
-        engine_poll.fast_pull(grid)  # replies collected every 0.01 s, not 0.1 s
+        engine_poll.fast_pull(grid)  # replies looked for every 0.01 s while few are pending, not 0.1 s
         result.update(run_server(grid, exp, run_dir, console, resume=resume, client_state_dir=client_state_dir))
 
     return app
