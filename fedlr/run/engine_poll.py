@@ -18,8 +18,9 @@ call.
 Being cheap, the poll need not wait Flower's 0.1 s between looks: each exchange of a round waits
 up to that on each side (tiny-model rounds showed a 0.1 s staircase, ``benchmarks/sim_overhead.txt``).
 ``poll_interval`` waits 0.01 s while few messages are pending and longer — up to Flower's 0.1 s —
-as more are: a look costs a few µs per pending message, and at 100 looks a second with 256
-enrollment queries pending the polling slowed 10,000-client enrollment by a third (87 s → 121 s).
+as more are: a look costs a few µs per pending message, and 100 looks a second at 256 pending
+enrollment queries slowed 10,000-client setup from 76–80 s to 91–92 s
+(``benchmarks/poll_interval.txt``), while rounds gained 0.09 s.
 ``fast_pull`` gives the ServerApp's in-memory grid the same schedule for collecting replies.
 """
 
