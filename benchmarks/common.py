@@ -1,5 +1,5 @@
 """Shared pieces of the benchmarks: the machine's description, medians, output written to both
-stdout and ``benchmarks/<name>.txt``, and an in-process grid.
+stdout and ``benchmarks/<name>.txt``, one measurement in a fresh process, and an in-process grid.
 
 ``InProcessGrid`` is a Flower ``Grid`` with no transport: ``send_and_receive`` hands each message
 to fedlr's real ``ClientApp`` with that node's own persistent ``Context``, in this process, one
@@ -10,9 +10,12 @@ reference, and what makes the byte and memory benchmarks quick.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import signal
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,6 +28,31 @@ for _key, _value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DAT
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
+
+
+RESULT_PREFIX = "RESULT "
+
+
+def print_result(result: dict) -> None:
+    """What a measurement run by ``in_fresh_process`` prints for its caller."""
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
+
+
+def in_fresh_process(cmd: list[str], timeout: float | None) -> dict | str:
+    """Run one measurement (a command ending in ``print_result``) in its own process group, so
+    its peaks are its own and Ray's processes go with it on a timeout; returns the result, or
+    why there is none."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        return f"did not finish within {timeout} s"
+    line = next((x for x in stdout.splitlines() if x.startswith(RESULT_PREFIX)), None)
+    if line is None:
+        return f"failed: {stderr.strip().splitlines()[-1:]}"
+    return json.loads(line[len(RESULT_PREFIX):])
 
 
 def machine() -> str:

@@ -13,13 +13,11 @@ setup (to the round-0 row: enrollment of every node).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import tempfile
 
-from common import BENCH_DIR, Report
+from common import BENCH_DIR, Report, in_fresh_process, print_result
 from scale import write_corpus
 
 SCHEDULES = {"flower-0.1": 0.1, "flat-0.01": 0.01, "fedlr": None}
@@ -44,7 +42,7 @@ def main() -> None:
     ap.add_argument("--point", nargs=2, help=argparse.SUPPRESS)  # internal: SCHEDULE CORPUS
     args = ap.parse_args()
     if args.point:
-        print("RESULT " + json.dumps(point(args.point[0], args.point[1], args.clients, args.rounds)), flush=True)
+        print_result(point(args.point[0], args.point[1], args.clients, args.rounds))
         return
     report = Report("poll_interval", f"benchmarks/poll_interval.py --clients {args.clients} --rounds {args.rounds} "
                     f"--reps {args.reps}")
@@ -56,12 +54,10 @@ def main() -> None:
     for rep, schedule in ((r, s) for r in range(args.reps) for s in SCHEDULES):
         cmd = [sys.executable, str(BENCH_DIR / "poll_interval.py"), "--clients", str(args.clients), "--rounds",
                str(args.rounds), "--point", schedule, corpus]
-        out = subprocess.run(cmd, capture_output=True, text=True, start_new_session=True, timeout=900).stdout
-        line = next((x for x in out.splitlines() if x.startswith("RESULT ")), None)
-        if line is None:
-            report.line(f"{rep:4d} {schedule:11s} failed")
+        r = in_fresh_process(cmd, timeout=900)
+        if isinstance(r, str):
+            report.line(f"{rep:4d} {schedule:11s} {r}")
             continue
-        r = json.loads(line[len("RESULT "):])
         report.line(f"{rep:4d} {schedule:11s} {r['round_s']:8.3f} {r['setup_s']:8.1f} {r['total_s']:8.1f}")
     report.save()
 

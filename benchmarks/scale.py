@@ -20,16 +20,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 
-from common import BENCH_DIR, InProcessGrid, Report, median
+from common import BENCH_DIR, InProcessGrid, Report, in_fresh_process, median, print_result
 
 STEADY_FROM = 3
 
@@ -130,7 +127,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.point:
         n, engine, corpus = args.point
-        print("RESULT " + json.dumps(one_point(int(n), engine, corpus, args.rounds)), flush=True)
+        print_result(one_point(int(n), engine, corpus, args.rounds))
         return
     report = Report("scale", f"benchmarks/scale.py --clients {' '.join(map(str, args.clients))} --rounds {args.rounds} "
                     f"--rows {args.rows} --ray-timeout {args.ray_timeout}")
@@ -143,21 +140,10 @@ def main() -> None:
     for engine in args.engines:
         for n in args.clients:
             cmd = [sys.executable, str(BENCH_DIR / "scale.py"), "--rounds", str(args.rounds), "--point", str(n), engine, corpus]
-            timeout = args.ray_timeout if engine == "ray" else None
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                    start_new_session=True)  # its own group: Ray's processes go with it on timeout
-            try:
-                stdout, stderr = proc.communicate(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.communicate()
-                report.line(f"{engine:7s} {n:6d}  did not finish within {timeout} s")
+            r = in_fresh_process(cmd, args.ray_timeout if engine == "ray" else None)
+            if isinstance(r, str):
+                report.line(f"{engine:7s} {n:6d}  {r}")
                 continue
-            line = next((x for x in stdout.splitlines() if x.startswith("RESULT ")), None)
-            if line is None:
-                report.line(f"{engine:7s} {n:6d}  failed: {stderr.strip().splitlines()[-1:]}")
-                continue
-            r = json.loads(line[len("RESULT "):])
             sb = r["state_bytes"]
             state = f"{sb['max']:,}" if sb else "-"
             report.line(f"{engine:7s} {n:6d} {r['round_s']:8.3f} {r['setup_s']:9.1f} {r['total_s']:8.1f} "
