@@ -67,11 +67,6 @@ def flower_pass(state, nodes) -> list[Message]:
     return out
 
 
-def tag(msgs) -> list[tuple[int, int]]:
-    """(partition of the destination, payload index): comparable across two LinkStates."""
-    return sorted((m.metadata.dst_node_id, int(m.content["config"]["i"])) for m in msgs)
-
-
 def twin_engines(num_nodes: int, layout):
     """Two identical engines with the same messages pushed (``layout`` maps node index lists)."""
     out = []

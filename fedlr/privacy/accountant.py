@@ -125,7 +125,8 @@ def epsilon_of_history(history: list[tuple[float, float, int]], delta: float, ki
 
 def orders_near_optimum(history: list[tuple[float, float, int]], delta: float) -> tuple[float, ...]:
     """The orders of ``ORDERS`` that can give the smallest ε of ``history``: every integer order,
-    ``ORDERS``' first one, and each fractional order α (1.1 … 10.9) whose lower bound
+    ``ORDERS``' first one (so Opacus's "optimal order is the smallest alpha" warning means what it
+    means over ``ORDERS``), and each fractional order α (1.1 … 10.9) whose lower bound
     rdp(⌊α⌋) + c(α) is not above the best integer order's ε — RDP never decreases with the order,
     and c(α) = −(log δ + log α)/(α − 1) + log((α − 1)/α) is the conversion term of
     ``get_privacy_spent`` (Balle et al. 2020, Thm. 21). The orders left out cannot be the
