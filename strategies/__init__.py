@@ -1,7 +1,7 @@
 """One Flower strategy per method, thin: decode, validate, call the method's pure aggregation,
 encode. Installed as ``fedlr.strategies``."""
 
-from fedlr.strategies.base import FedLRStrategy, RoundReport
+from fedlr.strategies.base import FedLRStrategy
 from fedlr.strategies.fed_sb import FedSBStrategy
 
 
@@ -11,4 +11,4 @@ def strategy_class(method_name: str) -> type[FedLRStrategy]:
     return FedSBStrategy if method_name == "fed_sb" else FedLRStrategy
 
 
-__all__ = ["FedLRStrategy", "FedSBStrategy", "RoundReport", "strategy_class"]
+__all__ = ["FedLRStrategy", "FedSBStrategy", "strategy_class"]

@@ -9,7 +9,7 @@ It subclasses ``flwr.serverapp.strategy.FedAvg`` and overrides
   method's pure ``aggregate`` — sample-weighted, or under client-level DP on the uniform
   (``client_local``) or clipped-and-noised fixed-denominator (``client_central``) mean update;
 - ``start``: fedlr's round loop (enrollment, an optional init round, rounds, central evaluation,
-  one ``RoundReport`` per round for the ledger, a checkpoint after each round).
+  one ``LedgerRow`` per round for the ledger, a checkpoint after each round).
 Resume (``fedlr run --resume``): ``checkpoint_state`` is everything the loop carries from one
 round to the next (the global and once-broadcast tensors, who holds them, L-GreCo's choice and
 input, the clients' last ε, the federation accountant, the byte totals); ``run(resume=...)``
@@ -26,7 +26,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable
 
 import torch
@@ -36,6 +35,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from fedlr.config import Experiment
 from fedlr.methods import MethodSpec
+from fedlr.results.ledger import LedgerRow
 from fedlr.privacy.client_level import central_noised_mean, global_norm, uniform_mean
 from fedlr.privacy.federation_accountant import FederationAccountant
 from fedlr.privacy.noise import noise_generator
@@ -56,40 +56,11 @@ ENROLL_BATCH = 256  # enrollment queries in flight at once
 State = dict[str, torch.Tensor]
 
 
-@dataclass
-class RoundReport:
-    """One ledger row."""
-
-    round: int
-    clients_sampled: list[int]
-    clients_replied: int = 0
-    clients_failed: int = 0
-    clients_rejected: int = 0
-    aggregated: bool = False  # False when fewer than federation.min_replies valid updates arrived
-    failures: list[dict] = field(default_factory=list)
-    train_loss: float | None = None
-    client_val_accuracy: float | None = None
-    eval_loss: float | None = None
-    eval_accuracy: float | None = None
-    uplink_bytes: int = 0
-    downlink_bytes: int = 0
-    cumulative_uplink_bytes: int = 0
-    cumulative_downlink_bytes: int = 0
-    cumulative_bytes: int = 0
-    epsilon: float | None = None  # cumulative; max over clients (sample, client_local) or the federation's
-    delta: float | None = None
-    client_epsilon: dict[str, float] | None = None  # partition id -> cumulative ε (sample, client_local)
-    wall_time_s: float = 0.0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
 class FedLRStrategy(FedAvg):
     def __init__(self, exp: Experiment, spec: MethodSpec, state: State, once_state: State,
                  target_weights: dict[str, tuple[tuple[int, ...], torch.dtype]],
                  evaluate: Callable[[State, State], tuple[float, float]] | None = None,
-                 on_round: Callable[[RoundReport], None] | None = None, privacy: PrivacyPlan | None = None,
+                 on_round: Callable[[LedgerRow], None] | None = None, privacy: PrivacyPlan | None = None,
                  checkpoint: Callable[[int, dict], None] | None = None, client_state_dir: str | None = None):
         fed = exp.federation
         super().__init__(
@@ -114,7 +85,7 @@ class FedLRStrategy(FedAvg):
         self.has_once: set[int] = set()  # partition ids that already hold the once-broadcast tensors
         self.downlink_state: State = {}  # compression.downlink: the reference B_t clients hold, the codec's warm start
         self.holds_broadcast: dict[int, int] = {}  # partition id -> the round whose broadcast B_t it holds
-        self.report: RoundReport | None = None
+        self.report: LedgerRow | None = None
         self._totals = [0, 0]
         self.privacy = privacy
         self.client_epsilon: dict[int, float] = {}  # last cumulative ε each client reported
@@ -159,7 +130,7 @@ class FedLRStrategy(FedAvg):
             raise RuntimeError(f"no client reported partition ids {missing}")
 
     # ---------------------------------------------------------------- hooks
-    def initialize(self, grid: Grid, report: RoundReport) -> None:
+    def initialize(self, grid: Grid, report: LedgerRow) -> None:
         """Round 0 work before training; the base methods need none."""
 
     def exchange(self, grid: Grid, messages: list[Message]) -> Iterable[Message]:
@@ -427,7 +398,7 @@ class FedLRStrategy(FedAvg):
         started = time.perf_counter()
         self.enroll(grid)
         for server_round in range(self.resume_round + 1, num_rounds + 1):
-            self.report = RoundReport(round=server_round, clients_sampled=[])
+            self.report = LedgerRow(round=server_round, clients_sampled=[])
             if server_round == 0:
                 self.initialize(grid, self.report)
             else:
@@ -447,7 +418,7 @@ class FedLRStrategy(FedAvg):
                 self.checkpoint(server_round, self.checkpoint_state(server_round))
         return self.state
 
-    def record_privacy(self, report: RoundReport) -> None:
+    def record_privacy(self, report: LedgerRow) -> None:
         """The round's cumulative ε (None without DP; 0 before any private release)."""
         if self.privacy is None:
             return

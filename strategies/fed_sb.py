@@ -14,13 +14,14 @@ from flwr.app import ConfigRecord, Message, RecordDict
 
 from fedlr.methods.fed_sb import init_factors
 from fedlr.sampling import sample_clients
-from fedlr.strategies.base import FedLRStrategy, RoundReport
+from fedlr.results.ledger import LedgerRow
+from fedlr.strategies.base import FedLRStrategy
 
 INIT_ACTION = "train.sb_init"
 
 
 class FedSBStrategy(FedLRStrategy):
-    def initialize(self, grid, report: RoundReport) -> None:
+    def initialize(self, grid, report: LedgerRow) -> None:
         if self.exp.method.init != "federated":
             return  # random-orthonormal ablation: B, A drawn from the shared seed by every party
         fed = self.exp.federation

@@ -21,7 +21,8 @@ from fedlr.plan import communication_plan
 from fedlr.results import read_ledger
 from fedlr.compression.pipeline import encode_update
 from fedlr.run.records import payload_record, to_record
-from fedlr.strategies import FedLRStrategy, RoundReport
+from fedlr.results.ledger import LedgerRow
+from fedlr.strategies import FedLRStrategy
 from fedlr.wire import record_wire_bytes
 
 RANKS = [2, 4, 8]
@@ -163,7 +164,7 @@ def test_a_reply_at_another_clients_rank_is_rejected_with_the_reason():
              "head.bias": torch.zeros(2)}
     strat = FedLRStrategy(exp, get_method("flora"), dict(state), {}, {})
     strat.node_of = {pid: 100 + pid for pid in range(3)}
-    strat.report = RoundReport(round=1, clients_sampled=[0, 1, 2])
+    strat.report = LedgerRow(round=1, clients_sampled=[0, 1, 2])
     # client 0 (rank 2) and client 2 (rank 8) send rank 4 factors, client 1 (rank 4) its own
     strat.aggregate_train(1, [reply(100, lora_update(4), {"num-examples": 1.0}),
                               reply(101, lora_update(4), {"num-examples": 1.0}),
@@ -264,7 +265,7 @@ def test_compressed_replies_at_each_rank_are_decoded_and_counted_as_planned(tiny
     adapted = build_adapted_model(exp, 2)
     strat = FedLRStrategy(exp, adapted.spec, adapted.round_state(), {}, {})
     strat.node_of = {pid: 100 + pid for pid in range(4)}
-    strat.report = RoundReport(round=1, clients_sampled=[0, 1])
+    strat.report = LedgerRow(round=1, clients_sampled=[0, 1])
     replies = []
     for pid in (0, 1):
         adapted.use_rank(exp.method.client_rank(pid), exp.seed)

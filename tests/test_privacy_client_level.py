@@ -16,7 +16,8 @@ from fedlr.privacy.federation_accountant import central_epsilon
 from fedlr.privacy.planning import plan_privacy
 from fedlr.run.records import to_record
 from fedlr.seeding import torch_generator
-from fedlr.strategies import FedLRStrategy, RoundReport
+from fedlr.results.ledger import LedgerRow
+from fedlr.strategies import FedLRStrategy
 
 S = 0.5
 
@@ -103,7 +104,7 @@ def strategy_for(exp, state, sizes=(50, 60, 70, 80, 90, 100)):
 
 
 def run_round(strat, rnd, replies):
-    strat.report = RoundReport(round=rnd, clients_sampled=[pid for pid, _, _ in replies])
+    strat.report = LedgerRow(round=rnd, clients_sampled=[pid for pid, _, _ in replies])
     strat.aggregate_train(rnd, [reply(100 + pid, t, m) for pid, t, m in replies])
     strat.record_privacy(strat.report)
     return strat.report

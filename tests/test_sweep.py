@@ -2,7 +2,7 @@
 
 The acceptance test (2 methods x 2 ranks x 2 seeds, interrupted, restarted, reported) runs the
 sweep's real bookkeeping, the real preflight and the real report with an executor that writes
-the run directory the way the simulation does (``RunDir`` + ``RoundReport`` rows + a summary like
+the run directory the way the simulation does (``RunDir`` + ``LedgerRow`` rows + a summary like
 ``fedlr.run.server``'s), so it takes seconds; ``test_sweep_e2e.py`` does the same with the real
 simulation on a 2-run sweep. Privacy (ε) does not exist yet, so the rank is swept in its place.
 """
@@ -154,7 +154,7 @@ def fake_accuracy(exp, rnd: int) -> float:
 
 
 class FakeSimulation:
-    """Writes a run directory the way ``fedlr.run.server.run_server`` does: one ``RoundReport``
+    """Writes a run directory the way ``fedlr.run.server.run_server`` does: one ``LedgerRow``
     row per round (round 0 = initial evaluation) via ``RunDir.append``, then the summary built
     from those rows. ``interrupt_on`` (1-based call number) raises KeyboardInterrupt after the
     first ledger row, as Ctrl-C in the middle of a run would."""
@@ -164,7 +164,7 @@ class FakeSimulation:
         self.interrupt_on = interrupt_on
 
     def __call__(self, exp, run_dir: RunDir) -> dict:
-        from fedlr.strategies import RoundReport
+        from fedlr.results.ledger import LedgerRow
 
         self.calls.append(run_dir.path.name)
         fed = exp.federation
@@ -172,7 +172,7 @@ class FakeSimulation:
         up = down = 0
         rows = []
         for rnd in range(fed.num_rounds + 1):
-            rep = RoundReport(round=rnd, clients_sampled=list(range(fed.clients_per_round)))
+            rep = LedgerRow(round=rnd, clients_sampled=list(range(fed.clients_per_round)))
             if rnd:
                 rep.clients_replied = fed.clients_per_round
                 rep.train_loss = 0.7 - 0.01 * rnd

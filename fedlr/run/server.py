@@ -14,7 +14,8 @@ from fedlr.config import Experiment
 from fedlr.models.adapted import adapter_paths
 from fedlr.results import RunDir
 from fedlr.results.console import Console
-from fedlr.strategies import RoundReport, strategy_class
+from fedlr.results.ledger import LedgerRow
+from fedlr.strategies import strategy_class
 from fedlr.workbench import get_workbench
 
 
@@ -39,7 +40,7 @@ def run_server(grid: Grid, exp: Experiment, run_dir: RunDir, console: Console, r
         res = bench.central_eval(state, once)
         return res.loss, res.accuracy
 
-    def on_round(report: RoundReport) -> None:
+    def on_round(report: LedgerRow) -> None:
         row = report.to_dict()
         rows.append(row)
         run_dir.append(row)
