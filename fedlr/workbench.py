@@ -60,7 +60,7 @@ class Workbench:
         global_state = self.receive(exp.method.client_rank(partition_id), server_round, global_state, once_state)
         metrics = self.client_val_metrics(partition_id)
         torch.manual_seed(derive_seed(exp.seed, "dropout", server_round, partition_id))
-        gen = torch_generator(exp.seed, "batches", server_round, partition_id)
+        gen = noise_generator(exp.privacy.noise_source, exp.seed, "batches", server_round, partition_id)
         params = self.adapted.trainable_parameters()
         named = self.adapted.parameters_by_name()
         head = [named[k] for k in self.adapted.head_keys]

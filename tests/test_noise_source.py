@@ -41,3 +41,36 @@ def test_a_client_round_is_reproducible_with_seeded_noise_only(tiny_path, one_to
 
     assert torch.equal(update("seeded"), update("seeded"))
     assert not torch.allclose(update("secure"), update("secure"))
+
+
+def test_secure_dp_sgd_draws_its_poisson_batches_from_the_secure_source(tiny_path, one_torch_thread, monkeypatch):
+    """Amplification by subsampling needs secret batch membership: under ``secure`` two runs of
+    one client's round sample different batches; under ``seeded`` they sample the same ones."""
+    import fedlr.privacy.dp_sgd as dp_sgd
+
+    drawn: list[list[int]] = []
+
+    class RecordingSampler(dp_sgd.UniformWithReplacementSampler):
+        def __iter__(self):
+            for idx in super().__iter__():
+                drawn.append(list(idx))
+                yield idx
+
+    monkeypatch.setattr(dp_sgd, "UniformWithReplacementSampler", RecordingSampler)
+
+    def batches(source):
+        drawn.clear()
+        exp = load_experiment(tiny_path, ["method.name=fedit", 'privacy.mode="sample"', "privacy.noise_multiplier=1.0",
+                                          f'privacy.noise_source="{source}"', "evaluation.client_side=false",
+                                          "train.local_steps=6"])
+        bench = Workbench(exp)
+        bench.client_round(0, 1, bench.adapted.round_state(), {}, StepAccountant("rdp"))
+        return list(drawn)
+
+    assert batches("seeded") == batches("seeded")
+    assert batches("secure") != batches("secure")
+    # seeded batches are the stream they always were: (seed, "batches", round, partition)
+    from fedlr.seeding import torch_generator
+
+    assert torch.equal(noise_generator("seeded", 0, "batches", 1, 0).get_state(),
+                       torch_generator(0, "batches", 1, 0).get_state())
