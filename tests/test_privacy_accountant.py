@@ -2,6 +2,7 @@
 reference values, agreement with an independent implementation (dp-accounting), monotonicity,
 composition across rounds, state that survives a resume, and σ calibrated to a target ε."""
 
+import json
 import math
 
 import dp_accounting
@@ -10,6 +11,7 @@ from dp_accounting.pld import PLDAccountant
 from dp_accounting.rdp import RdpAccountant
 from flwr.app import ConfigRecord, RecordDict
 
+from fedlr.cli import main
 from fedlr.privacy.accountant import StepAccountant, epsilon_of_history, sample_rate
 from fedlr.privacy.calibration import CalibrationError, calibrate_noise
 from fedlr.privacy.federation_accountant import FederationAccountant, central_epsilon
@@ -158,3 +160,45 @@ def test_client_level_central_accountant_matches_dp_accounting_without_replaceme
     assert all(a < b for a, b in zip(values, values[1:]))
     assert FederationAccountant.from_state(acc.state_dict()).epsilon(DELTA) == values[-1]
     assert central_epsilon(2.0, 100, 10, 3, DELTA) == values[-1]
+
+
+@pytest.fixture
+def no_prv_discretization(monkeypatch):
+    """Fails (instead of eating gigabytes) if Opacus's PRV discretization is built."""
+    from opacus.accountants import PRVAccountant
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the PRV discretization was built for a history past the bound")
+
+    monkeypatch.setattr(PRVAccountant, "get_epsilon", refuse)
+
+
+@pytest.mark.parametrize("history, delta", [
+    ([(0.5155, 0.409378, 5562)], 1e-3),  # grew past 14.9 GB unguarded (135 M points)
+    ([(0.8 / 2, 1.0, 300)], 1e-5),  # client_local at z = 0.8 over 300 rounds: PRV said inf (13.7 M points)
+])
+def test_prv_falls_back_to_rdp_with_a_warning_where_its_discretization_runs_away(no_prv_discretization, history,
+                                                                                delta):
+    with pytest.warns(UserWarning, match="PRV accountant .* RDP instead"):
+        eps = epsilon_of_history(history, delta, "prv")
+    assert math.isfinite(eps)
+    assert eps == epsilon_of_history(history, delta, "rdp")
+
+
+def test_prv_that_gives_no_finite_epsilon_falls_back_to_rdp(monkeypatch):
+    from fedlr.privacy import accountant
+
+    monkeypatch.setattr(accountant, "_prv_epsilon", lambda history, delta: math.inf)
+    with pytest.warns(UserWarning, match="no finite value"):
+        assert epsilon_of_history([(1.0, 0.1, 100)], DELTA, "prv") == epsilon_of_history([(1.0, 0.1, 100)], DELTA)
+
+
+def test_plan_with_prv_at_small_sigma_over_many_steps_reports_a_finite_bound(tiny_path, no_prv_discretization,
+                                                                             capsys):
+    """`fedlr plan` exited 1 with MemoryError here: σ 0.5, batch 32, 100 steps × 20 rounds."""
+    sets = ['method.name="fedit"', 'privacy.mode="sample"', 'privacy.accountant="prv"', "privacy.noise_multiplier=0.5",
+            "train.batch_size=32", "train.local_steps=100", "federation.num_rounds=20"]
+    with pytest.warns(UserWarning, match="RDP instead"):
+        assert main(["plan", str(tiny_path), "--json", *[a for s in sets for a in ("--set", s)]]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["epsilon"] is not None and 100 < plan["epsilon"] < math.inf

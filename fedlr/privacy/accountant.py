@@ -11,7 +11,8 @@ cumulative, and a resumed client continues from the same history.
 - ``rdp``: Rényi DP of the sampled Gaussian (Mironov et al. 2019, eq. 3–4), converted to
   (ε, δ) with Balle et al. 2020's bound (``opacus.accountants.analysis.rdp.get_privacy_spent``);
 - ``prv``: privacy-loss random variables (Gopi, Lee, Wutschitz 2021, arXiv 2106.02848),
-  numerically tighter (``eps_error`` 0.01).
+  numerically tighter (``eps_error`` 0.01); where its discretization would exceed
+  ``MAX_PRV_DOMAIN`` points, or it gives no finite ε, the RDP bound instead, with a warning.
 Never GDP: it is a central-limit approximation, not a bound (reference/privacy.md §3.6).
 
 q = 1 is the plain Gaussian mechanism, RDP α/(2σ²) per step: ``client_local`` uses it for
@@ -21,6 +22,7 @@ the noise a client adds to its own update (one entry per round it takes part in)
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -35,6 +37,11 @@ ORDERS = tuple([1 + x / 10.0 for x in range(1, 100)] + [float(a) for a in range(
 # The integer orders alone: closed-form and fast; a subset of ORDERS, so their ε is an upper bound
 # of ORDERS' — a cheap first pass when calibrating σ (``fedlr.privacy.planning``).
 COARSE_ORDERS = tuple(float(a) for a in range(2, 64)) + LARGE_ORDERS
+# PRV: Opacus's default accuracy, and the most discretization points it may use (≈ 1 GB and
+# seconds at 4 M; the runs and references of reference/privacy.md need under 0.6 M). Beyond it,
+# and where PRV gives no finite ε, the RDP bound is reported instead, with a warning.
+PRV_EPS_ERROR = 0.01
+MAX_PRV_DOMAIN = 1 << 22
 
 
 @dataclass
@@ -114,13 +121,37 @@ def epsilon_of_history(history: list[tuple[float, float, int]], delta: float, ki
         eps, _ = get_privacy_spent(orders=list(orders), rdp=rdp, delta=delta)
         return float(eps)
     if kind == "prv":
-        from opacus.accountants import PRVAccountant
-
-        acc = PRVAccountant()
-        acc.history = list(history)
-        with np.errstate(divide="ignore"):  # PRV at q = 1 takes log(1 − q) on its way to the plain Gaussian
-            return float(acc.get_epsilon(delta=delta))
+        eps = _prv_epsilon(history, delta)
+        if eps is None or not math.isfinite(eps):
+            why = "needs a larger discretization than" if eps is None else "gave no finite value within"
+            warnings.warn(f"the PRV accountant {why} its bound of {MAX_PRV_DOMAIN:,} points for this history; "
+                          "epsilon comes from RDP instead (a valid bound, looser than PRV's)", stacklevel=2)
+            return epsilon_of_history(history, delta, "rdp", orders)
+        return eps
     raise ValueError(f"accountant {kind!r} is not one of {ACCOUNTANTS}")
+
+
+def _prv_epsilon(history: list[tuple[float, float, int]], delta: float) -> float | None:
+    """Opacus's PRV ε (its upper bound at ``eps_error`` 0.01), or None when the discretization
+    it would build has more than ``MAX_PRV_DOMAIN`` points. Opacus sizes the domain itself
+    (Gopi et al. 2021, Remark 5.6: width from an RDP tail bound, mesh ∝ eps_error/√steps), and
+    nothing stops it: at small σ over many steps the width grows to thousands and the mesh
+    shrinks, so the FFT composition asks for gigabytes (135 M points for σ = 0.52, q = 0.41,
+    5,562 steps). The domain is computed first (milliseconds), then refused if too large."""
+    from opacus.accountants import PRVAccountant
+    from opacus.accountants.analysis.prv import PoissonSubsampledGaussianPRV
+
+    acc = PRVAccountant()
+    acc.history = list(history)
+    prvs = [PoissonSubsampledGaussianPRV(q, sigma) for sigma, q, _ in history]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the RDP tail bound's "optimal order" notices
+        domain = acc._get_domain(prvs=prvs, num_self_compositions=[n for _, _, n in history],
+                                 eps_error=PRV_EPS_ERROR, delta_error=delta / 1000)
+    if domain.size > MAX_PRV_DOMAIN:
+        return None
+    with np.errstate(divide="ignore"):  # PRV at q = 1 takes log(1 − q) on its way to the plain Gaussian
+        return float(acc.get_epsilon(delta=delta, eps_error=PRV_EPS_ERROR))
 
 
 def orders_near_optimum(history: list[tuple[float, float, int]], delta: float) -> tuple[float, ...]:
