@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from fedlr.config import ConfigError, Experiment, load_experiment
+from fedlr.run.simulation import RunFailed
 
 EXIT_CONFIG = 2
 
@@ -166,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"fedlr: error: {e}", file=sys.stderr)
         return EXIT_CONFIG
+    except RunFailed as e:
+        print(f"fedlr: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ BUNDLED_DATASETS = ("rotten_tomatoes", "sms_spam")
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # no float field takes inf or nan unless it says so (privacy.target_epsilon = inf: no DP)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Section):
@@ -227,12 +228,13 @@ class PrivacyConfig(_Section):
 
     mode: Literal["none", "sample", "client_central", "client_local"] = "none"
     noise_multiplier: float | None = Field(
-        None, gt=0, allow_inf_nan=False,
+        None, gt=0,
         description="σ: noise std / clipping bound (per step for sample, per round for client modes)")
     target_epsilon: float | None = Field(
-        None, gt=0, description="ε the whole planned run may spend; σ is calibrated to it (inf: no DP)")
+        None, gt=0, allow_inf_nan=True,
+        description="ε the whole planned run may spend; σ is calibrated to it (inf: no DP)")
     max_grad_norm: float = Field(
-        1.0, gt=0, allow_inf_nan=False,
+        1.0, gt=0,
         description="clipping bound: C per example (sample) or S per client update (client modes)")
     delta: float = Field(1e-5, gt=0, lt=1, description="δ of the (ε, δ) guarantee")
     accountant: Literal["rdp", "prv"] = Field("rdp", description="RDP (default) or PRV; never GDP")
@@ -411,7 +413,7 @@ def experiment_from_dict(data: dict[str, Any]) -> Experiment:
     try:
         return Experiment.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e)) from None
+        raise ConfigError(format_validation_error(e, model=Experiment)) from None
 
 
 def experiment_from_json(text: str) -> Experiment:

@@ -16,6 +16,9 @@ from fedlr.cli import main
         ('data.dataset="/nonexistent/reviews.csv"', "data.dataset: file not found"),
         ('model.targets=["query","attn"]', "model.targets: ['attn'] match no linear layer"),
         ("federation.num_clint=3", "federation.num_clint: unknown key"),
+        ("train.lr=inf", "train.lr: Input should be a finite number"),
+        ("method.rnak=3", "method.rnak: unknown key (did you mean method.rank?)"),
+        ("method.init_step_size=nan", "method.init_step_size: Input should be a finite number"),
     ],
 )
 def test_bad_config_exits_2_and_writes_nothing(tmp_path, tiny_path, capsys, override, message):
@@ -24,6 +27,14 @@ def test_bad_config_exits_2_and_writes_nothing(tmp_path, tiny_path, capsys, over
     assert code == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_model_validators_refusal_is_one_line_without_the_config(tiny_path, capsys):
+    """Fed-SB's federated init under DP is refused by a model validator, whose input is the whole config."""
+    assert main(["plan", str(tiny_path), "--set", 'privacy.mode="sample"', "--set", "privacy.noise_multiplier=1.0"]) == 2
+    err = capsys.readouterr().err
+    assert "method.init: 'federated' sends clients' raw gradients" in err
+    assert "{" not in err and "(top level)" not in err and len(err.strip().splitlines()) == 2
 
 
 def test_plan_json_has_the_documented_keys(tiny_path, capsys):

@@ -7,6 +7,7 @@ reference and the clients' cached broadcast) on; a corrupt newest checkpoint fal
 one before. A run with injected faults finishes every round it can and records each failure.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -98,6 +99,17 @@ def test_resume_refuses_a_run_without_checkpoints(tmp_path, tiny_path, capsys):
     assert main(["run", "--resume", str(run_dir)]) == 2
     assert "no valid checkpoint" in capsys.readouterr().err
     assert main(["run", "--resume", str(tmp_path / "nowhere")]) == 2
+
+
+def test_a_run_in_which_no_round_aggregated_fails_and_says_so(tiny_path, tmp_path, capsys):
+    overrides = ["method.name=fedit", "federation.num_rounds=2", 'faults.kinds=["garbage"]', "faults.fraction=1.0",
+                 "evaluation.client_side=false"]
+    assert main(args(tiny_path, tmp_path, "rejected", overrides)) == 1
+    assert "no round aggregated" in capsys.readouterr().err
+    summary = json.loads((tmp_path / "rejected" / "summary.json").read_text())
+    assert summary["rounds_aggregated"] == 0 and "no round aggregated" in summary["error"]
+    assert summary["rejected_updates"] == 4
+    assert not (tmp_path / "rejected" / "model").exists()
 
 
 def test_faults_are_recorded_and_rounds_go_on(tiny_path, tmp_path):

@@ -62,4 +62,4 @@ def compression_config(data: dict[str, Any] | None = None) -> CompressionConfig:
     try:
         return CompressionConfig.model_validate(data or {})
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, SECTION)) from None
+        raise ConfigError(format_validation_error(e, SECTION, CompressionConfig)) from None

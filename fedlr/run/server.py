@@ -64,7 +64,8 @@ def run_server(grid: Grid, exp: Experiment, run_dir: RunDir, console: Console, r
     console.header()
     final_state = strategy.run(grid, exp.federation.num_rounds)
     bench.load(strategy.once_state, final_state)
-    if exp.output.export_peft:
+    aggregated = sum(1 for r in rows if r["round"] > 0 and r.get("aggregated"))
+    if exp.output.export_peft and aggregated:  # an untrained model is no result
         export_model(bench, run_dir.model_dir)
     accs = [r["eval_accuracy"] for r in rows if r["eval_accuracy"] is not None]
     last = rows[-1]
@@ -79,8 +80,12 @@ def run_server(grid: Grid, exp: Experiment, run_dir: RunDir, console: Console, r
         "failed_client_rounds": sum(r["clients_failed"] for r in rows),
         "rejected_updates": sum(r["clients_rejected"] for r in rows),
         "wall_time_s": round(time.perf_counter() - started, 3), "run_dir": str(run_dir.path),
-        **privacy_summary(exp, bench.privacy, last),
+        **privacy_summary(exp, bench.privacy, last), "rounds_aggregated": aggregated,
     }
+    if not aggregated:
+        summary["error"] = (f"no round aggregated: in all {exp.federation.num_rounds} rounds fewer than "
+                            f"federation.min_replies = {exp.federation.min_replies} valid updates arrived (see the "
+                            "ledger's clients_failed and clients_rejected); the model was not trained and not exported")
     run_dir.write_summary(summary)
     console.summary(summary)
     return summary

@@ -67,4 +67,10 @@ def simulate(exp: Experiment, run_dir: RunDir, console: Console, resume: bool = 
     )
     if not result:
         raise RuntimeError("the simulation ended without a result (see the log above)")
+    if "error" in result:
+        raise RunFailed(f"{result['error']} ({run_dir.path / 'summary.json'})")
     return result
+
+
+class RunFailed(RuntimeError):
+    """The run went through every round but produced no result (its summary.json says why)."""
