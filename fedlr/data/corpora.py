@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from fedlr.config import ConfigError, DataConfig
+from fedlr.hub import require_hub
 
 FILE_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet")
 
@@ -66,6 +67,7 @@ def _read_file(path: Path) -> pd.DataFrame:
 def _read_hub(name: str) -> pd.DataFrame:
     import datasets
 
+    require_hub("data.dataset", name, "dataset", tuple(BUNDLED))
     try:
         return datasets.load_dataset(name, split="train").to_pandas()
     except Exception as e:
@@ -81,7 +83,10 @@ def load_table(cfg: DataConfig) -> tuple[pd.DataFrame, list[str]]:
             raise ConfigError(f"data.dataset: file not found: {path}")
         if path.suffix not in FILE_SUFFIXES:
             raise ConfigError(f"data.dataset: {path.suffix!r} files are not supported; use one of {FILE_SUFFIXES}")
-        raw = _read_file(path)
+        try:
+            raw = _read_file(path)
+        except (ValueError, OSError) as e:  # pandas' EmptyDataError and ParserError are ValueErrors
+            raise ConfigError(f"data.dataset: cannot read {path} as a {path.suffix} table: {e}") from None
     else:
         raw = _read_hub(cfg.dataset)
     for field, column in (("text_column", cfg.text_column), ("label_column", cfg.label_column)):

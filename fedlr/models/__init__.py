@@ -9,9 +9,11 @@ from pathlib import Path
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, BertConfig
+from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
 from transformers.utils import logging as hf_logging
 
 from fedlr.config import BUNDLED_MODEL, TINY_MODEL, ConfigError, ModelConfig
+from fedlr.hub import require_hub
 from fedlr.seeding import torch_generator
 
 HEAD_MODULE_NAMES = ("classifier", "score")
@@ -49,6 +51,7 @@ def _source(cfg: ModelConfig) -> tuple[str, str]:
         return "config", str(path)
     if name.startswith((".", "/", "~")):
         raise ConfigError(f"model.name_or_path: no such folder: {path}")
+    require_hub("model.name_or_path", name, "model", (BUNDLED_MODEL, TINY_MODEL))
     return "hub", name
 
 
@@ -71,6 +74,10 @@ def load_model_config(cfg: ModelConfig, num_labels: int):
         raise
     except Exception as e:
         raise ConfigError(f"model.name_or_path: cannot load a model config from {cfg.name_or_path!r}: {e}") from None
+    if conf.model_type not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
+        raise ConfigError(f"model.name_or_path: {cfg.name_or_path!r} is a {conf.model_type!r} model, which has no "
+                          "sequence-classification class in transformers; use a text model such as BERT, RoBERTa, "
+                          "GPT-2 or Llama")
     conf.num_labels = num_labels
     if getattr(conf, "pad_token_id", None) is None and hasattr(conf, "eos_token_id"):
         conf.pad_token_id = conf.eos_token_id if isinstance(conf.eos_token_id, int) else 0

@@ -44,7 +44,10 @@ class RunDir:
         while path.exists():
             suffix += 1
             path = root / f"{name}-{suffix}"
-        path.mkdir(parents=True)
+        try:
+            path.mkdir(parents=True)
+        except OSError as e:
+            raise ConfigError(f"output.dir: cannot create the run directory {path}: {e.strerror}") from None
         run = cls(path)
         (path / "config.toml").write_text(to_toml(exp))
         (path / "seeds.json").write_text(json.dumps({"seed": exp.seed, "streams": SEED_STREAMS}, indent=2) + "\n")
