@@ -22,7 +22,8 @@ import logging
 import tempfile
 
 from common import InProcessGrid, Report
-from fedlr.config import METHOD_NAMES, ConfigError, load_experiment
+from fedlr.config import ConfigError, load_experiment
+from fedlr.methods import method_names
 from fedlr.plan import communication_plan
 from fedlr.results import RunDir
 from fedlr.results.console import Console
@@ -49,7 +50,7 @@ def main() -> None:
                 f"{'wire/plan':>9s} {'raw values B':>12s} {'headers+keys B':>14s}")
     out = tempfile.mkdtemp(prefix="fedlr-bench-")
     worst = 0.0
-    for method in METHOD_NAMES:
+    for method in method_names():
         for codec, overrides in CODECS.items():
             try:
                 exp = load_experiment("experiments/tiny.toml", [

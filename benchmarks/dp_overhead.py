@@ -22,8 +22,9 @@ import time
 import torch
 
 from common import Report, median
-from fedlr.config import METHOD_NAMES, load_experiment
+from fedlr.config import load_experiment
 from fedlr.data.tokens import TokenizedSet
+from fedlr.methods import method_names
 from fedlr.models.adapted import build_adapted_model
 from fedlr.privacy.dp_sgd import DPSGDSettings, PrivateTrainer
 from fedlr.train import make_optimizer
@@ -78,7 +79,7 @@ def measure(adapted, exp, mode: str, batch, steps: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="bundled:all-MiniLM-L6-v2")
-    ap.add_argument("--methods", nargs="+", default=list(METHOD_NAMES))
+    ap.add_argument("--methods", nargs="+", default=list(method_names()))
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=16)

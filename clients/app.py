@@ -10,7 +10,7 @@ Protocol (all message contents are RecordDicts):
   partition ids in its config → reply {"arrays-<pid>": Δ, "metrics-<pid>": {...}} per client.
 
 Persistent per-client state (``context.state``): the experiment, the once-broadcast tensors, and
-under DP (``privacy.mode`` 'sample' or 'client_local') the client's accountant history
+where the privacy mode keeps a client accountant ('sample', 'client_local') its history
 (``fedlr.privacy.accountant.StepAccountant.state_dict``), so the ε a client reports is
 cumulative over every round it took part in and continues across a resume.
 
@@ -105,7 +105,7 @@ def train(msg: Message, context: Context) -> Message:
     once = from_record(context.state[STATE_ONCE]) if STATE_ONCE in context.state else {}
     bench = get_workbench(exp)
     accountant = None
-    if bench.privacy is not None and bench.privacy.mode in ("sample", "client_local"):
+    if bench.privacy_mode.client_accountant:
         accountant = load_accountant(context, bench.privacy.accountant)
     update, metrics = bench.client_round(_partition_id(context), server_round, global_state, once, accountant)
     if accountant is not None:
@@ -170,8 +170,7 @@ def compress(exp, update, msg: Message, context: Context, server_round: int, ben
     if ASSIGNMENT_KEY in msg.content.array_records:
         values = msg.content[ASSIGNMENT_KEY][ASSIGNMENT_KEY].numpy().tolist()
         assignment = dict(zip(canonical_keys(update), values))
-    plan = bench.privacy
-    clip = plan.max_grad_norm if plan is not None and plan.mode == "client_central" else None
+    clip = bench.privacy_mode.update_norm_bound(bench.privacy)
     gen = torch_generator(exp.seed, "compress", server_round, _partition_id(context))
     payload, state = encode_update(update, cfg, state, gen, server_round=server_round, assignment=assignment,
                                    clip_norm=clip)

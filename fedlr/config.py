@@ -12,15 +12,15 @@ import json
 import math
 import tomllib
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from fedlr.compression.config import CompressionConfig
 from fedlr.errors import ConfigError, format_validation_error
-
-METHOD_NAMES = ("fedit", "ffa_lora", "fed_sb", "fed_svd", "dp_lora", "fedpara", "fedex_lora", "flora", "full_ft")
-PRIVACY_MODES = ("none", "sample", "client_central", "client_local")
+from fedlr.methods import DEFAULT_METHOD, get_method, method_names
+from fedlr.privacy.modes import MODES, configured_mode, privacy_mode
 BUNDLED_MODEL = "bundled:all-MiniLM-L6-v2"
 TINY_MODEL = "tiny-random-bert"
 BUNDLED_DATASETS = ("rotten_tomatoes", "sms_spam")
@@ -63,36 +63,32 @@ class DataConfig(_Section):
 
 
 class MethodConfig(_Section):
-    name: Literal["fedit", "ffa_lora", "fed_sb", "fed_svd", "dp_lora", "fedpara", "fedex_lora", "flora", "full_ft"] = "fed_sb"
+    name: str = Field(DEFAULT_METHOD, description="a registered method (fedlr.methods)")
     rank: int = Field(16, gt=0)
     alpha: float | None = Field(None, gt=0, description="LoRA alpha; scale s = alpha/rank (default alpha = rank)")
     train_head: bool = True
     init: Literal["federated", "random"] = Field(
-        "federated", description="fed_sb: LoRA-SB init from clients' gradients, or random orthonormal (ablation)"
-    )
-    init_examples: int = Field(64, gt=0, description="fed_sb federated init: examples per init client")
+        "federated", description="methods with an init round (Fed-SB): LoRA-SB init from clients' gradients, or "
+        "random orthonormal (ablation)")
+    init_examples: int = Field(64, gt=0, description="federated init round: examples per init client")
     init_step_size: float = Field(
-        1e-3, gt=0, description="fed_sb: step size eta of the approximated first step -eta*sign(G)"
+        1e-3, gt=0, description="Fed-SB's init: step size eta of the approximated first step -eta*sign(G)"
     )
-    # why each method but flora cannot take client_ranks (docs/methods.md, Heterogeneous ranks)
-    RANK_HETEROGENEITY_REFUSED: ClassVar[dict[str, str]] = {
-        "fedit": "it averages A and B entrywise, which needs one shape (zero-padding them as HetLoRA does is inexact)",
-        "dp_lora": "it averages A and B entrywise, which needs one shape (zero-padding them as HetLoRA does is inexact)",
-        "ffa_lora": "it averages B against the one frozen A every client shares",
-        "fed_svd": "it averages B against the one A the server re-factorizes for every client",
-        "fed_sb": "it averages the r x r matrix R between the one B and A every client shares",
-        "fedpara": "it averages the LoHa factors entrywise, which needs one shape",
-        "fedex_lora": "it sends every client the one averaged adapter (A, B) to continue from; its residual is exact "
-                      "for any ranks, but restarting clients of other ranks would need a per-client truncation and "
-                      "base weight, which is not the published method",
-        "full_ft": "it trains every weight and has no adapter rank",
-    }
     client_ranks: list[int] | None = Field(
         None, min_length=1,
-        description="heterogeneous client ranks (flora only): rank tiers assigned to partition ids cyclically, "
-        "client k trains rank client_ranks[k % len(client_ranks)] (give num_clients entries for one rank per "
-        "client); every client keeps the scale s = alpha/rank. Unset: every client trains method.rank",
+        description="heterogeneous client ranks (methods that stack adapters, FLoRA): rank tiers assigned to "
+        "partition ids cyclically, client k trains rank client_ranks[k % len(client_ranks)] (give num_clients "
+        "entries for one rank per client); every client keeps the scale s = alpha/rank. Unset: every client trains method.rank",
     )
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        if name not in method_names():
+            *others, last = (repr(n) for n in method_names())
+            raise PydanticCustomError("literal_error", "Input should be {expected}",
+                                      {"expected": f"{', '.join(others)} or {last}"})
+        return name
 
     @model_validator(mode="after")
     def _client_ranks_fit(self) -> "MethodConfig":
@@ -101,11 +97,13 @@ class MethodConfig(_Section):
         bad = [r for r in self.client_ranks if r <= 0]
         if bad:
             raise ValueError(f"method.client_ranks: ranks must be positive integers, got {bad}")
-        if self.name in self.RANK_HETEROGENEITY_REFUSED:
+        refused = get_method(self.name).client_ranks_refused
+        if refused is not None:
+            able = " or ".join(f"method.name = {n!r}" for n in method_names()
+                               if get_method(n).client_ranks_refused is None)
             raise ValueError(
-                f"method.client_ranks: {self.name} cannot give clients different ranks: "
-                f"{self.RANK_HETEROGENEITY_REFUSED[self.name]}. Use method.name = 'flora', which stacks adapters "
-                "of any ranks exactly (docs/methods.md, Heterogeneous ranks)")
+                f"method.client_ranks: {self.name} cannot give clients different ranks: {refused}. Use {able}, "
+                "which stacks adapters of any ranks exactly (docs/methods.md, Heterogeneous ranks)")
         return self
 
     @property
@@ -151,11 +149,10 @@ def fused_refusal(exp: "Experiment") -> str | None:
     several clients' rounds in one worker, so it must need nothing a client keeps between rounds
     (an accountant, error-feedback memory, a cached broadcast) and nothing drawn per client inside
     training beyond its batches."""
-    if exp.method.name == "full_ft":
+    if get_method(exp.method.name).adapter is None:
         return "full fine-tuning trains every weight, so clients share no frozen base to fuse over"
-    if exp.privacy.enabled and exp.privacy.mode in ("sample", "client_local"):
-        return (f"privacy.mode {exp.privacy.mode!r} keeps an accountant in each client and draws its noise per "
-                "client (Opacus per-sample gradients are not fused)")
+    if (reason := privacy_mode(exp.privacy).fused_refusal) is not None:
+        return reason
     if exp.compression.active:
         return "compression keeps error-feedback memory and a warm start in each client between rounds"
     if exp.method.client_ranks:
@@ -163,6 +160,11 @@ def fused_refusal(exp: "Experiment") -> str | None:
     if exp.faults.fraction > 0:
         return "[faults] injects failures per client, and a fused call succeeds or fails as a whole"
     return None
+
+
+def exact_on_combined_update() -> list[str]:
+    """The methods whose aggregation stays exact when client-level DP averages the updates first."""
+    return [n for n in method_names() if get_method(n).exact_under(combines_updates=True)]
 
 
 def deployment_refusal(exp: "Experiment") -> str | None:
@@ -174,11 +176,6 @@ def deployment_refusal(exp: "Experiment") -> str | None:
 
 
 FAULT_KINDS = ("raise", "hang", "garbage")
-DOWNLINK_REFUSED = {  # methods whose broadcast is re-made by the server each round
-    "fed_svd": "re-factorizes B·A by SVD every round (a new orthonormal A)",
-    "fedex_lora": "folds the residual into dense base weights every round",
-    "flora": "merges the stacked adapters into dense base weights every round",
-}
 
 
 class FaultConfig(_Section):
@@ -226,7 +223,7 @@ class PrivacyConfig(_Section):
     inf`` means ε = ∞: the run trains without clipping or noise (the non-private column of a study).
     """
 
-    mode: Literal["none", "sample", "client_central", "client_local"] = "none"
+    mode: Literal[tuple(MODES)] = "none"
     noise_multiplier: float | None = Field(
         None, gt=0,
         description="σ: noise std / clipping bound (per step for sample, per round for client modes)")
@@ -246,26 +243,16 @@ class PrivacyConfig(_Section):
         "secure_mode sampling — for deployments; not reproducible")
 
     @model_validator(mode="after")
-    def _noise_is_set_once(self) -> "PrivacyConfig":
-        given = [k for k in ("noise_multiplier", "target_epsilon") if getattr(self, k) is not None]
-        if self.mode == "none":
-            if given:
-                raise ValueError(f"privacy.{given[0]} is set but privacy.mode is 'none'; "
-                                 "choose privacy.mode 'sample', 'client_central' or 'client_local'")
-        elif len(given) != 1:
-            which = "both" if given else "neither"
-            raise ValueError(f"privacy.mode {self.mode!r} needs exactly one of privacy.noise_multiplier and "
-                             f"privacy.target_epsilon ({which} given)")
-        if self.mode == "client_central" and self.accountant == "prv":
-            raise ValueError("privacy.accountant 'prv' cannot account client_central: fedlr samples a fixed number "
-                             "of clients without replacement, which only the RDP accountant (Wang et al. 2019) "
-                             "covers; use privacy.accountant = 'rdp'")
+    def _settings_fit_the_mode(self) -> "PrivacyConfig":
+        if (problem := configured_mode(self).settings_problem(self)) is not None:
+            raise ValueError(problem)
         return self
 
     @property
     def enabled(self) -> bool:
         """False for mode 'none' and for target_epsilon = inf (ε = ∞ trains without DP)."""
-        return self.mode != "none" and not (self.target_epsilon is not None and math.isinf(self.target_epsilon))
+        return configured_mode(self).private and not (self.target_epsilon is not None
+                                                      and math.isinf(self.target_epsilon))
 
 
 class EvaluationConfig(_Section):
@@ -302,10 +289,11 @@ class Experiment(_Section):
         comp = self.compression
         if comp.downlink and not comp.active:
             raise ValueError("compression.downlink compresses the broadcast with compression.codec, which is 'none'")
-        if comp.downlink and self.method.name in DOWNLINK_REFUSED:
-            raise ValueError(f"compression.downlink: {self.method.name} {DOWNLINK_REFUSED[self.method.name]}; the "
-                             "broadcast delta B_t − B_(t−1) would not be the small change a codec can shrink. Leave it "
-                             "false for this method")
+        refused = get_method(self.method.name).downlink_refused
+        if comp.downlink and refused is not None:
+            raise ValueError(f"compression.downlink: {self.method.name} {refused}; the broadcast delta "
+                             "B_t − B_(t−1) would not be the small change a codec can shrink. Leave it false for this "
+                             "method")
         return self
 
     @model_validator(mode="after")
@@ -320,11 +308,11 @@ class Experiment(_Section):
 
     @model_validator(mode="after")
     def _private_init(self) -> "Experiment":
-        if self.privacy.enabled and self.method.name == "fed_sb" and self.method.init == "federated":
+        if self.privacy.enabled and get_method(self.method.name).runs_init_round(self.method.init):
             raise ValueError(
                 "method.init: 'federated' sends clients' raw gradients to the server without differential "
-                f"privacy (Fed-SB's init round), which privacy.mode {self.privacy.mode!r} would not account for; "
-                "use method.init = 'random' under DP")
+                f"privacy ({self.method.name}'s init round), which privacy.mode {self.privacy.mode!r} would not "
+                "account for; use method.init = 'random' under DP")
         return self
 
     @model_validator(mode="after")
@@ -335,13 +323,24 @@ class Experiment(_Section):
         if len(ranks) > n:
             raise ValueError(f"method.client_ranks: {len(ranks)} ranks for federation.num_clients = {n} clients; "
                              f"entries after the first {n} would never be used")
-        if self.privacy.enabled and self.privacy.mode in ("client_central", "client_local"):
+        if privacy_mode(self.privacy).combines_updates:
             raise ValueError(f"method.client_ranks: privacy.mode {self.privacy.mode!r} averages the clients' update "
                              "tensors before aggregation, which needs one rank; use privacy.mode 'sample' "
                              "(DP-SGD in each client) with heterogeneous ranks")
         if self.compression.adaptive == "lgreco":
             raise ValueError("method.client_ranks: compression.adaptive 'lgreco' chooses one codec parameter per "
                              "tensor from an aggregate of one shape; use compression.adaptive = 'none'")
+        return self
+
+    @model_validator(mode="after")
+    def _aggregation_stays_exact(self) -> "Experiment":
+        spec, mode = get_method(self.method.name), privacy_mode(self.privacy)
+        if spec.exact and not spec.exact_under(mode.combines_updates):
+            raise ValueError(
+                f"method.name: {self.method.name} aggregates exactly only from each client's own update, and "
+                f"privacy.mode {mode.name!r} hands the server one averaged update (clipped and noised), so the run "
+                "would be neither exact nor the published method; use privacy.mode 'sample' (DP-SGD in each client) "
+                f"or a method exact on one averaged update ({', '.join(exact_on_combined_update())})")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -377,7 +376,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
-        value = raw  # a bare word such as fed_sb
+        value = raw  # a bare word such as fedit
     return key, value
 
 

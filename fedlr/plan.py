@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fedlr.adapters.naming import BASE_KEY, key
 from fedlr.compression.pipeline import compression_ratio, planned_bytes, planned_downlink_bytes
 from fedlr.config import Experiment
 from fedlr.models.adapted import adapter_paths, build_adapted_model
+from fedlr.privacy.modes import privacy_mode
 from fedlr.sampling import sample_clients
 from fedlr.wire import record_wire_bytes
 
@@ -46,11 +48,11 @@ def communication_plan(exp: Experiment, num_labels: int, train_sizes: list[int] 
     # adapters do not travel (every party draws them from the seed)
     down_round_bytes = record_wire_bytes(entries(adapted.downlink_keys))
 
-    federated_sb_init = exp.method.name == "fed_sb" and exp.method.init == "federated"
-    once_bytes = record_wire_bytes(entries(adapted.once_keys)) if federated_sb_init else 0
+    init_round = adapted.spec.runs_init_round(exp.method.init)
+    once_bytes = record_wire_bytes(entries(adapted.once_keys)) if init_round else 0
     init_uplink = 0
-    if federated_sb_init:
-        grads = [(f"{p}.base.weight", params[f"{p}.base.weight"].numel()) for p in adapter_paths(adapted)]
+    if init_round:  # each init client sends the summed gradient of every adapted layer's base weight
+        grads = entries(key(p, BASE_KEY) for p in adapter_paths(adapted))
         init_uplink = fed.clients_per_round * record_wire_bytes(grads)
     down_shapes = {k: tuple(params[k].shape) for k in adapted.downlink_keys}
     participants = set()
@@ -92,7 +94,7 @@ def communication_plan(exp: Experiment, num_labels: int, train_sizes: list[int] 
         "total_uplink_bytes": total_up,
         "total_downlink_bytes": total_down,
         "total_bytes": total_up + total_down,
-        "exact_aggregation": adapted.spec.exact,
+        "exact_aggregation": adapted.spec.exact_under(privacy_mode(exp.privacy).combines_updates),
         "codec": comp.codec,
         "compression_ratio": one.compression_ratio if one else None,
         "dense_uplink_bytes_per_client": one.dense_bytes if one else None,
@@ -125,10 +127,12 @@ def _client_uplink(adapted, comp, num_rounds: int) -> ClientUplink:
 def privacy_entries(exp: Experiment, train_sizes: list[int] | None) -> dict:
     """``epsilon`` (the planned run's worst case: every client in every round), ``delta``,
     ``accountant``, ``noise_multiplier`` and the assumptions; None values without DP."""
+    from fedlr.privacy.modes import configured_mode
     from fedlr.privacy.planning import check_privacy, client_train_sizes, finite_or_none
 
     if not exp.privacy.enabled:
-        return {"privacy_mode": exp.privacy.mode if exp.privacy.mode == "none" else f"{exp.privacy.mode} (epsilon inf: off)",
+        off = exp.privacy.mode if not configured_mode(exp.privacy).private else f"{exp.privacy.mode} (epsilon inf: off)"
+        return {"privacy_mode": off,
                 "epsilon": None, "delta": None, "accountant": None, "noise_multiplier": None}
     plan = check_privacy(exp, train_sizes if train_sizes is not None else client_train_sizes(exp))
     return {

@@ -6,6 +6,8 @@ from typing import Mapping
 
 import torch
 
+from fedlr.adapters.naming import A_KEY, B_KEY
+
 
 def update_problem(update: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[tuple[int, ...], torch.dtype]]) -> str | None:
     """Why ``update`` cannot be aggregated (wrong keys, shapes or dtypes, NaN/Inf), or None."""
@@ -28,17 +30,14 @@ def expected_of(state: Mapping[str, torch.Tensor]) -> dict[str, tuple[tuple[int,
     return {k: (tuple(v.shape), v.dtype) for k, v in state.items()}
 
 
-LORA_A, LORA_B = ".lora_A.weight", ".lora_B.weight"
-
-
 def at_rank(expected: Mapping[str, tuple[tuple[int, ...], torch.dtype]], rank: int
             ) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
     """``expected`` for a client whose LoRA factors have rank ``rank`` (``method.client_ranks``):
     every A (r×d_in) becomes (rank×d_in), every B (d_out×r) becomes (d_out×rank); other tensors as given."""
     def shape(key: str, s: tuple[int, ...]) -> tuple[int, ...]:
-        if key.endswith(LORA_A):
+        if key.endswith(A_KEY):
             return (rank, s[1])
-        if key.endswith(LORA_B):
+        if key.endswith(B_KEY):
             return (s[0], rank)
         return s
 

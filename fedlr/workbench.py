@@ -17,9 +17,10 @@ from fedlr.data import FederatedData
 from fedlr.fused import fused_local_train
 from fedlr.models import choose_device, load_tokenizer
 from fedlr.models.adapted import AdaptedModel, adapter_paths, build_adapted_model
+from fedlr.adapters.naming import BASE_KEY, key
 from fedlr.privacy.accountant import StepAccountant
-from fedlr.privacy.client_level import add_local_noise, clip_update
 from fedlr.privacy.dp_sgd import DPSGDSettings, dp_local_train
+from fedlr.privacy.modes import PrivacyMode, privacy_mode
 from fedlr.privacy.noise import noise_generator
 from fedlr.privacy.planning import PrivacyPlan, plan_privacy
 from fedlr.seeding import derive_seed, torch_generator
@@ -36,6 +37,7 @@ class Workbench:
         self.data = FederatedData(exp, load_tokenizer(exp.model))
         self.adapted: AdaptedModel = build_adapted_model(exp, self.data.num_labels)
         self.adapted.model.to(self.device)
+        self.privacy_mode: PrivacyMode = privacy_mode(exp.privacy)
         self.build_seconds = time.perf_counter() - started
 
     def load(self, *states: State) -> None:
@@ -51,10 +53,11 @@ class Workbench:
     def client_round(self, partition_id: int, server_round: int, global_state: State, once_state: State,
                      accountant: StepAccountant | None = None) -> tuple[State, dict[str, float]]:
         """One client's round: evaluate the received model on local val data (if asked), train
-        (DP-SGD under ``privacy.mode = 'sample'``), return the update Δ = θ_trained − θ_received of
-        every trained tensor — clipped (and noised, ``client_local``) under client-level DP — and
-        metrics. Under ``sample`` and ``client_local`` the round's privacy cost is composed into
-        ``accountant`` (the client's own, persisted by the caller) and its cumulative ε reported."""
+        (DP-SGD where the mode asks, ``PrivacyMode.dp_sgd``), return the update Δ = θ_trained −
+        θ_received of every trained tensor — as the mode releases it (``PrivacyMode.release``) — and
+        metrics. Where the mode keeps a client accountant (``sample``, ``client_local``) the round's
+        privacy cost is composed into ``accountant`` (the client's own, persisted by the caller) and
+        its cumulative ε reported."""
         exp = self.exp
         data = self.train_data(partition_id)
         global_state = self.receive(exp.method.client_rank(partition_id), server_round, global_state, once_state)
@@ -64,10 +67,10 @@ class Workbench:
         params = self.adapted.trainable_parameters()
         named = self.adapted.parameters_by_name()
         head = [named[k] for k in self.adapted.head_keys]
-        plan = self.privacy
-        if plan is not None and plan.mode == "sample":
+        plan, mode = self.privacy, self.privacy_mode
+        if mode.dp_sgd:
             dp = DPSGDSettings(plan.noise_multiplier, plan.max_grad_norm, plan.sample_rates[partition_id],
-                               exp.privacy.grad_sample_mode, per_tensor_clipping=exp.method.name == "dp_lora",
+                               exp.privacy.grad_sample_mode, per_tensor_clipping=self.adapted.spec.per_tensor_clipping,
                                secure_mode=exp.privacy.noise_source == "secure")
             noise = noise_generator(exp.privacy.noise_source, exp.seed, "dp-noise", server_round, partition_id,
                                     device=self.device)
@@ -76,10 +79,10 @@ class Workbench:
         else:
             res = local_train(self.adapted.model, params, head, data, exp.train, gen, self.device)
         update = self.released(self.adapted.trained_state(), global_state, partition_id, server_round)
-        if plan is not None and plan.mode in ("sample", "client_local"):
+        if mode.client_accountant:
             if accountant is None:
-                raise ValueError(f"privacy.mode {plan.mode!r} needs the client's accountant")
-            accountant.step(*plan.client_step(partition_id, res.steps))
+                raise ValueError(f"privacy.mode {mode.name!r} needs the client's accountant")
+            accountant.step(*mode.client_step(plan, partition_id, res.steps))
             metrics["epsilon"] = accountant.epsilon(plan.delta)
         metrics.update({"train_loss": res.loss, "steps": res.steps, "num-examples": res.num_examples})
         return update, metrics
@@ -136,28 +139,27 @@ class Workbench:
         return {"val_loss": ev.loss, "val_accuracy": ev.accuracy, "val_examples": ev.num_examples} if ev.num_examples else {}
 
     def released(self, trained: State, received: State, partition_id: int, server_round: int) -> State:
-        """The update a client sends, Δ = θ_trained − θ_received of every trained tensor: clipped
-        to S under ``client_central``, clipped and noised under ``client_local``."""
-        plan, exp = self.privacy, self.exp
+        """The update a client sends, Δ = θ_trained − θ_received of every trained tensor, as the
+        privacy mode releases it (``PrivacyMode.release``: clipped to S under ``client_central``,
+        clipped and noised under ``client_local``)."""
         update = {k: trained[k] - received[k] for k in self.adapted.trained_keys}
-        if plan is not None and plan.mode == "client_central":
-            update, _ = clip_update(update, plan.max_grad_norm)
-        elif plan is not None and plan.mode == "client_local":
-            noise_gen = noise_generator(exp.privacy.noise_source, exp.seed, "client-noise", server_round, partition_id)
-            update = add_local_noise(update, plan.max_grad_norm, plan.noise_multiplier, noise_gen)
-        return update
+        return self.privacy_mode.release(update, self.privacy, self.exp.privacy.noise_source, self.exp.seed,
+                                         server_round, partition_id)
 
     def init_gradients(self, partition_id: int, num_examples: int) -> tuple[State, int]:
-        """Fed-SB init: summed gradients of the target base weights on this client's first
-        ``num_examples`` training examples, with the adapters contributing nothing (R = 0)."""
-        layers = {p: self.adapted.model.get_submodule(p) for p in adapter_paths(self.adapted)}
+        """A federated init round (Fed-SB's): summed gradients of the target base weights on this
+        client's first ``num_examples`` training examples, with the adapters contributing nothing
+        (every trained adapter tensor zeroed: R = 0)."""
+        params = self.adapted.parameters_by_name()
+        head = set(self.adapted.head_keys)
         with torch.no_grad():
-            for layer in layers.values():
-                layer.lora_R.weight.zero_()
+            for k in self.adapted.trained_keys:
+                if k not in head:
+                    params[k].zero_()
         data = self.data.client_train(partition_id)
         n = min(num_examples, len(data))
         subset = data.__class__(data.input_ids[:n], data.labels[:n], data.pad_id)
-        weights = {f"{p}.base.weight": layer.base.weight for p, layer in layers.items()}
+        weights = {key(p, BASE_KEY): params[key(p, BASE_KEY)] for p in adapter_paths(self.adapted)}
         grads = summed_weight_gradients(self.adapted.model, weights, subset, self.exp.train.batch_size, self.device)
         return grads, n
 

@@ -6,14 +6,15 @@ if __name__ != "fedlr.strategies":  # ``import strategies`` from the repository 
                       "(pyproject.toml [tool.setuptools.package-dir]); under its bare name it would load a second "
                       "copy of every class")
 
+from fedlr.methods import MethodSpec
 from fedlr.strategies.base import FedLRStrategy
 from fedlr.strategies.fed_sb import FedSBStrategy
 
 
-def strategy_class(method_name: str) -> type[FedLRStrategy]:
-    """Fed-SB adds its federated init round; FedIT, FFA-LoRA, FedSVD (its A rides in the round
-    state), DP-LoRA and full FT need only the base."""
-    return FedSBStrategy if method_name == "fed_sb" else FedLRStrategy
+def strategy_class(spec: MethodSpec) -> type[FedLRStrategy]:
+    """The strategy that runs the method's init round (``MethodSpec.init_round``: Fed-SB's), or the
+    base for methods without one."""
+    return FedSBStrategy if spec.init_round == FedSBStrategy.init_round else FedLRStrategy
 
 
 __all__ = ["FedLRStrategy", "FedSBStrategy", "strategy_class"]

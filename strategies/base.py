@@ -36,9 +36,9 @@ from flwr.serverapp.strategy import FedAvg
 from fedlr.config import Experiment
 from fedlr.methods import MethodSpec
 from fedlr.results.ledger import LedgerRow
-from fedlr.privacy.client_level import central_noised_mean, global_norm, uniform_mean
+from fedlr.privacy.client_level import global_norm
 from fedlr.privacy.federation_accountant import FederationAccountant
-from fedlr.privacy.noise import noise_generator
+from fedlr.privacy.modes import privacy_mode
 from fedlr.privacy.planning import PrivacyPlan
 from fedlr.compression.base import canonical_keys
 from fedlr.compression.pipeline import (choose_assignment, decode_update, encode_broadcast, planned_bytes,
@@ -88,9 +88,10 @@ class FedLRStrategy(FedAvg):
         self.report: LedgerRow | None = None
         self._totals = [0, 0]
         self.privacy = privacy
+        self.privacy_mode = privacy_mode(exp.privacy)
         self.client_epsilon: dict[int, float] = {}  # last cumulative ε each client reported
-        self.federation_accountant = (privacy.federation_accountant(fed.num_clients, fed.clients_per_round)
-                                      if privacy is not None and privacy.mode == "client_central" else None)
+        self.federation_accountant = self.privacy_mode.server_accountant(privacy, fed.num_clients,
+                                                                         fed.clients_per_round)
 
     def update_keys(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         """What each client uploads: every state tensor but the per-round broadcast ones (FedSVD's A)."""
@@ -312,10 +313,10 @@ class FedLRStrategy(FedAvg):
     def norm_problem(self, update: State, array_key: str) -> str | None:
         """Under ``client_central`` every update must lie within the clipping bound S the server's
         noise is calibrated for (a client that skipped clipping would break the guarantee)."""
-        if array_key != "arrays" or self.privacy is None or self.privacy.mode != "client_central":
+        bound = self.privacy_mode.update_norm_bound(self.privacy)
+        if array_key != "arrays" or bound is None:
             return None
         norm = global_norm(update)
-        bound = self.privacy.max_grad_norm
         return None if norm <= bound * (1 + 1e-4) else f"update norm {norm:.6g} exceeds the clipping bound S = {bound}"
 
     def _fail(self, pid: int, kind: str, reason: str) -> None:
@@ -325,8 +326,7 @@ class FedLRStrategy(FedAvg):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
         accepted = self.collect(replies, "arrays", self.update_keys())
-        mode = self.privacy.mode if self.privacy is not None else "none"
-        if mode == "client_central":
+        if self.federation_accountant is not None:
             self.federation_accountant.compose(1)  # a release every round, even one that carries no update
         for pid, _, metrics in accepted:
             self.has_once.add(pid)  # it trained with them (a failed client gets them again)
@@ -341,16 +341,12 @@ class FedLRStrategy(FedAvg):
         self.report.aggregated = True
         updates = [u for _, u, _ in accepted]
         previous = self.state
-        if mode == "client_central":
-            gen = noise_generator(self.exp.privacy.noise_source, self.exp.seed, "server-noise", server_round)
-            mean = central_noised_mean(updates, self.privacy.max_grad_norm, self.privacy.noise_multiplier,
-                                       self.exp.federation.clients_per_round, gen)
-            self.state = self.spec.aggregate(self.state, [mean], [1.0], **self.round_context(server_round))
-        elif mode == "client_local":  # the noise is in the updates; uniform weights, as DP-FedAvg
-            self.state = self.spec.aggregate(self.state, [uniform_mean(updates)], [1.0], **self.round_context(server_round))
-        else:
-            weights = [float(m["num-examples"]) for _, _, m in accepted]
-            self.state = self.spec.aggregate(self.state, updates, weights, **self.round_context(server_round))
+        # the privacy mode combines them: as they are, sample-weighted; or one uniform (client_local) or
+        # clipped-and-noised fixed-denominator (client_central) mean
+        combined, weights = self.privacy_mode.combine(
+            updates, [float(m["num-examples"]) for _, _, m in accepted], self.privacy,
+            self.exp.federation.clients_per_round, self.exp.privacy.noise_source, self.exp.seed, server_round)
+        self.state = self.spec.aggregate(self.state, combined, weights, **self.round_context(server_round))
         self.last_aggregate = {k: self.state[k] - previous[k] for k in updates[0]}
         self.report.train_loss = _weighted(accepted, "train_loss", "num-examples")
         self.report.client_val_accuracy = _weighted(accepted, "val_accuracy", "val_examples")

@@ -9,10 +9,9 @@ reference code, reference/methods.md §6.2).
 
 from __future__ import annotations
 
-import torch
 from flwr.app import ConfigRecord, Message, RecordDict
 
-from fedlr.methods.fed_sb import init_factors
+from fedlr.methods.fed_sb import INIT_ROUND, init_state
 from fedlr.sampling import sample_clients
 from fedlr.results.ledger import LedgerRow
 from fedlr.strategies.base import FedLRStrategy
@@ -21,6 +20,8 @@ INIT_ACTION = "train.sb_init"
 
 
 class FedSBStrategy(FedLRStrategy):
+    init_round = INIT_ROUND  # the MethodSpec.init_round this strategy runs
+
     def initialize(self, grid, report: LedgerRow) -> None:
         if self.exp.method.init != "federated":
             return  # random-orthonormal ablation: B, A drawn from the shared seed by every party
@@ -33,14 +34,6 @@ class FedSBStrategy(FedLRStrategy):
         if not accepted:
             raise RuntimeError("Fed-SB init: no client returned gradients")
         grad_sum = {k: sum(g[k] for _, g, _ in accepted) for k in accepted[0][1]}
-        self.once_state, self.state = self.factors_from_gradients(grad_sum)
-
-    def factors_from_gradients(self, grad_sum: dict[str, torch.Tensor]):
         m = self.exp.method
-        once, state = dict(self.once_state), dict(self.state)
-        for weight_key, g in grad_sum.items():
-            layer = weight_key.removesuffix(".base.weight")
-            b, a, r0 = init_factors(g, m.rank, m.scale, m.init_step_size)
-            once[f"{layer}.lora_B.weight"], once[f"{layer}.lora_A.weight"] = b, a
-            state[f"{layer}.lora_R.weight"] = r0
-        return once, state
+        once, trained = init_state(grad_sum, m.rank, m.scale, m.init_step_size)
+        self.once_state, self.state = {**self.once_state, **once}, {**self.state, **trained}

@@ -13,8 +13,8 @@ from flwr.app import Metadata, Message, MetricRecord, RecordDict
 
 from conftest import assert_merged_export_reloads
 from fedlr.cli import main
-from fedlr.config import METHOD_NAMES, ConfigError, experiment_from_dict, load_experiment
-from fedlr.methods import get_method
+from fedlr.config import ConfigError, experiment_from_dict, load_experiment
+from fedlr.methods import get_method, method_names
 from fedlr.methods.flora import fresh_factors
 from fedlr.models.adapted import adapter_paths, build_adapted_model
 from fedlr.plan import communication_plan
@@ -178,7 +178,7 @@ def test_a_reply_at_another_clients_rank_is_rejected_with_the_reason():
 
 
 # ----------------------------------------------------------------------------- config errors
-@pytest.mark.parametrize("method", [m for m in METHOD_NAMES if m != "flora"])
+@pytest.mark.parametrize("method", [m for m in method_names() if m != "flora"])
 def test_every_other_method_refuses_client_ranks_naming_itself_and_flora(method):
     with pytest.raises(ConfigError) as e:
         experiment_from_dict({"method": {"name": method, "client_ranks": [2, 4]}})

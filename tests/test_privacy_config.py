@@ -96,3 +96,32 @@ def test_cli_plan_json_has_privacy_and_a_bad_privacy_run_exits_2(tiny_path, tmp_
     code = main(["run", str(tiny_path), "--set", f'output.dir="{out}"', "--set", "privacy.mode=sample",
                  "--set", "privacy.noise_multiplier=1.0", "--set", "privacy.target_epsilon=1.0"])
     assert code == 2 and "both given" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize("method", ["fedex_lora", "flora"])
+@pytest.mark.parametrize("mode", ["client_central", "client_local"])
+def test_exact_methods_that_need_each_clients_factors_are_refused_under_client_level_dp(
+        tiny_path, tmp_path, capsys, method, mode):
+    """Client-level DP hands the method one averaged update: FedEx-LoRA's residual would be zero
+    (FedIT under FedEx's name) and FLoRA would merge a product of means (issue 20, item 6)."""
+    out = tmp_path / "runs"
+    code = main(["run", str(tiny_path), "--set", f'output.dir="{out}"', "--set", f"method.name={method}",
+                 "--set", f"privacy.mode={mode}", "--set", "privacy.noise_multiplier=1.0"])
+    err = capsys.readouterr().err
+    assert code == 2 and not out.exists()
+    assert f"{method} aggregates exactly only from each client's own update" in err and repr(mode) in err
+    assert main(["plan", str(tiny_path), "--json", "--set", f"method.name={method}", "--set",
+                 f"privacy.mode={mode}", "--set", "privacy.noise_multiplier=1.0"]) == 2
+
+
+@pytest.mark.parametrize("method, mode, exact", [
+    ("fedex_lora", "sample", True),  # DP-SGD inside each client: the server still sees each client's factors
+    ("flora", "none", True),
+    ("ffa_lora", "client_central", True),  # linear in the updates: one mean update loses nothing
+    ("fed_svd", "client_local", True),
+    ("fedit", "client_central", False),
+])
+def test_plan_reports_exactness_under_the_privacy_mode(method, mode, exact):
+    privacy = {"mode": mode} if mode == "none" else {"mode": mode, "noise_multiplier": 1.0}
+    exp = exp_with(privacy, method={"name": method, "rank": 4})
+    assert communication_plan(exp, 2, SIZES)["exact_aggregation"] is exact

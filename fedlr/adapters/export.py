@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from peft import LoHaConfig, LoraConfig, get_peft_model
 
+from fedlr.adapters.naming import BASE_WEIGHT
 from fedlr.models import head_modules, load_base_model
 
 
@@ -23,7 +24,7 @@ def export_model(bench, out_dir: Path) -> Path:
         adapted.model.save_pretrained(out_dir)
         tokenizer.save_pretrained(out_dir)
         return out_dir
-    if "base.weight" in adapted.spec.broadcast:  # FedEx-LoRA, FLoRA: the base weights changed
+    if BASE_WEIGHT in adapted.spec.broadcast:  # FedEx-LoRA, FLoRA: the base weights changed
         merged_model(bench).save_pretrained(out_dir)
         tokenizer.save_pretrained(out_dir)
         return out_dir

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from fedlr.adapters.layers import LoHaLinear, LoRALinear, LoRASBLinear
-from fedlr.config import ConfigError
+from fedlr.errors import ConfigError
 from fedlr.seeding import torch_generator
 
 ADAPTER_KINDS = {"lora": LoRALinear, "lora_sb": LoRASBLinear, "loha": LoHaLinear}

@@ -1,4 +1,5 @@
-"""What a method is: its adapter, which tensors a client trains, and its aggregation.
+"""What a method is: its adapter, which tensors a client trains, its aggregation, and every answer
+the rest of fedlr asks of it (``MethodSpec``); and the registry the method modules add themselves to.
 
 Every method in this module family keeps a *global state*: the tensors that travel each round
 (``trained``, down and up), frozen tensors the server resets and sends down every round
@@ -6,25 +7,29 @@ Every method in this module family keeps a *global state*: the tensors that trav
 once (``broadcast_once``; Fed-SB's B and A). A client uploads its update Δ_k = θ_k − θ for every
 trained tensor; the server's aggregation is a pure function of (state, updates, weights) where
 ``state`` holds the trained and the per-round broadcast tensors and each update the trained ones.
+
+A method is one module of ``fedlr.methods`` that builds its ``MethodSpec`` and calls ``register``;
+``fedlr.methods`` imports every module of the package, so nothing else names a method.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 import torch
 
-from fedlr.config import ConfigError
+from fedlr.errors import ConfigError
 
 State = dict[str, torch.Tensor]
 Aggregate = Callable[[Mapping[str, torch.Tensor], list[Mapping[str, torch.Tensor]], list[float]], State]
+ENTRYWISE_MEAN = "it averages its tensors entrywise, which needs one shape"
 
 
 @dataclass(frozen=True)
 class MethodSpec:
     name: str
-    adapter: str | None  # "lora", "lora_sb", or None (full fine-tuning)
+    adapter: str | None  # "lora", "lora_sb", "loha" (fedlr.adapters.ADAPTER_KINDS), or None (full fine-tuning)
     trains: tuple[str, ...]  # adapter tensors trained by clients, by module name; ("*",) = every parameter
     broadcast_once: tuple[str, ...]  # frozen adapter tensors a client receives once
     exact: bool  # whether the aggregate equals the average of the clients' full-weight updates
@@ -37,6 +42,21 @@ class MethodSpec:
     # (FLoRA's fresh A and B = 0): never sent down. draw_fresh(seed, server_round, {key: shape})
     fresh: tuple[str, ...] = ()
     draw_fresh: Callable[[int, int, Mapping[str, tuple[int, ...]]], State] | None = None
+    # whether aggregating one pre-combined update (the mean that client-level DP releases) keeps
+    # ``exact``: true for aggregations linear in the updates; FedEx-LoRA's residual and FLoRA's
+    # stacking need each client's own factors
+    exact_on_combined_update: bool = True
+    # why clients cannot train different ranks (``method.client_ranks``), or None where they can
+    client_ranks_refused: str | None = ENTRYWISE_MEAN
+    # why the broadcast cannot be sent as a compressed delta (``compression.downlink``), or None
+    downlink_refused: str | None = None
+    # the round-0 init the strategy runs under ``method.init = "federated"`` (its name, which the
+    # strategy dispatches on), or None; such a round sends raw gradients, which DP refuses
+    init_round: str | None = None
+    # Opacus clips each trained tensor separately (C/√P each) instead of one joint bound
+    per_tensor_clipping: bool = False
+    # the mechanism text this method adds to a run's privacy record, by privacy mode name
+    privacy_mechanisms: Mapping[str, str] = field(default_factory=dict)
 
     def is_trained(self, param_name: str, train_head: bool, head_prefixes: tuple[str, ...]) -> bool:
         if self.trains == ("*",):
@@ -56,6 +76,16 @@ class MethodSpec:
         FedEx-LoRA's and FLoRA's corrected base weights)."""
         return _matches(param_name, self.broadcast)
 
+    def exact_under(self, combines_updates: bool) -> bool:
+        """Whether the run's aggregation is exact when the privacy mode in effect does (or does
+        not) combine the accepted updates into one before the method aggregates them
+        (``fedlr.privacy.modes.PrivacyMode.combines_updates``)."""
+        return self.exact and (self.exact_on_combined_update or not combines_updates)
+
+    def runs_init_round(self, init: str) -> bool:
+        """Whether a run with ``method.init = init`` starts with this method's federated init round."""
+        return self.init_round is not None and init == "federated"
+
 
 def _matches(param_name: str, parts: tuple[str, ...]) -> bool:
     """Whether a dotted name contains one of ``parts`` as whole components (``lora_A`` or
@@ -63,10 +93,24 @@ def _matches(param_name: str, parts: tuple[str, ...]) -> bool:
     return any(f".{t}." in f"{param_name}." for t in parts)
 
 
-def get_method(name: str) -> MethodSpec:
-    from fedlr.methods import dp_lora, fed_sb, fed_svd, fedex_lora, fedit, fedpara, ffa_lora, flora, full_ft
+_REGISTRY: dict[str, MethodSpec] = {}
 
-    registry = {m.SPEC.name: m.SPEC for m in (fedit, ffa_lora, fed_sb, fed_svd, dp_lora, fedpara, fedex_lora, flora, full_ft)}
-    if name not in registry:
-        raise ConfigError(f"method.name: {name!r} is not a method; choose one of {sorted(registry)}")
-    return registry[name]
+
+def register(spec: MethodSpec) -> MethodSpec:
+    """Make ``spec`` a method ``method.name`` may choose (a method module calls this on import)."""
+    known = _REGISTRY.get(spec.name)
+    if known is not None and known is not spec:
+        raise ValueError(f"method {spec.name!r} is registered twice")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def method_names() -> tuple[str, ...]:
+    """Every registered method's name, sorted."""
+    return tuple(sorted(_REGISTRY))
+
+
+def get_method(name: str) -> MethodSpec:
+    if name not in _REGISTRY:
+        raise ConfigError(f"method.name: {name!r} is not a method; choose one of {list(method_names())}")
+    return _REGISTRY[name]

@@ -18,7 +18,8 @@ Inexact like FedIT, and the noise on both factors is amplified:
 """
 
 from fedlr.methods.averaging import weighted_mean_update
-from fedlr.methods.base import MethodSpec
+from fedlr.adapters.naming import LORA_A, LORA_B
+from fedlr.methods.base import MethodSpec, register
 
 
 def aggregate(state, updates, weights):
@@ -26,7 +27,21 @@ def aggregate(state, updates, weights):
     return weighted_mean_update(state, updates, [1.0] * len(updates))
 
 
-SPEC = MethodSpec(
-    name="dp_lora", adapter="lora", trains=("lora_A", "lora_B"), broadcast_once=(), exact=False,
+# which of the paper's two noise stages (§4) a run implements, by privacy mode ("none": DP off)
+PRIVACY_MECHANISMS = {
+    "sample": "dp_lora: stage (2) per-iteration gradient clipping and noise, each trained tensor clipped "
+              "separately (Opacus per-layer clipping, C/sqrt(P) each); uniform aggregation weights 1/K",
+    "client_local": "dp_lora: stage (3) noise on the uploaded factors (clipped update (dA, dB), noise z*S, before "
+                    "upload); uniform aggregation weights 1/K",
+    "client_central": "dp_lora: client-level Gaussian on the aggregated (dA, dB) at the server; uniform aggregation "
+                      "weights 1/K",
+    "none": "dp_lora without DP: FedIT factors with uniform weights 1/K",
+}
+
+SPEC = register(MethodSpec(
+    name="dp_lora", adapter="lora", trains=(LORA_A, LORA_B), broadcast_once=(), exact=False,
     aggregate=aggregate, citation="Liu et al., arXiv 2312.17493",
-)
+    client_ranks_refused="it averages A and B entrywise, which needs one shape (zero-padding them as HetLoRA "
+                         "does is inexact)",
+    per_tensor_clipping=True, privacy_mechanisms=PRIVACY_MECHANISMS,
+))

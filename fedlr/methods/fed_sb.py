@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import torch
 
+from fedlr.adapters.naming import A_KEY, B_KEY, BASE_KEY, LORA_A, LORA_B, LORA_R, R_KEY, key, layer_of
 from fedlr.methods.averaging import weighted_mean_update
-from fedlr.methods.base import MethodSpec
+from fedlr.methods.base import MethodSpec, register
+
+INIT_ROUND = "lora_sb_update_approximation"  # the strategy's round-0 hook (strategies/fed_sb.py)
 
 
 def aggregate(state, updates, weights):
@@ -37,7 +40,21 @@ def init_factors(grad_sum: torch.Tensor, rank: int, scale: float, step_size: flo
     return b.float(), a.float(), r0.float()
 
 
-SPEC = MethodSpec(
-    name="fed_sb", adapter="lora_sb", trains=("lora_R",), broadcast_once=("lora_A", "lora_B"), exact=True,
+def init_state(grad_sums: dict[str, torch.Tensor], rank: int, scale: float, step_size: float):
+    """(once, trained): every layer's B and A (sent once) and R₀ (trained) from the summed
+    gradients of its base weight (``init_factors``), keyed by the layer's tensor names."""
+    once, trained = {}, {}
+    for weight_key, g in grad_sums.items():
+        layer = layer_of(weight_key, BASE_KEY)
+        b, a, r0 = init_factors(g, rank, scale, step_size)
+        once[key(layer, B_KEY)], once[key(layer, A_KEY)] = b, a
+        trained[key(layer, R_KEY)] = r0
+    return once, trained
+
+
+SPEC = register(MethodSpec(
+    name="fed_sb", adapter="lora_sb", trains=(LORA_R,), broadcast_once=(LORA_A, LORA_B), exact=True,
     aggregate=aggregate, citation="Singhal et al., arXiv 2502.15436; Ponkshe et al., arXiv 2411.19557",
-)
+    client_ranks_refused="it averages the r x r matrix R between the one B and A every client shares",
+    init_round=INIT_ROUND,
+))

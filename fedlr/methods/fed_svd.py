@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import torch
 
+from fedlr.adapters.naming import A_KEY, B_KEY, LORA_A, LORA_B, key, keys_ending, layer_of
 from fedlr.methods.averaging import weighted_mean_update
-from fedlr.methods.base import MethodSpec
-
-A_SUFFIX, B_SUFFIX = ".lora_A.weight", ".lora_B.weight"
+from fedlr.methods.base import MethodSpec, register
 
 
 def refactorize(b_agg: torch.Tensor, a_prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,14 +46,15 @@ def aggregate(state, updates, weights):
     trained = list(updates[0]) if updates else []
     new_state = dict(state)
     new_state.update(weighted_mean_update({k: state[k] for k in trained}, updates, weights))
-    for b_key in trained:
-        if b_key.endswith(B_SUFFIX):
-            a_key = b_key[: -len(B_SUFFIX)] + A_SUFFIX
-            new_state[b_key], new_state[a_key] = refactorize(new_state[b_key], state[a_key])
+    for b_key in keys_ending(trained, B_KEY):
+        a_key = key(layer_of(b_key, B_KEY), A_KEY)
+        new_state[b_key], new_state[a_key] = refactorize(new_state[b_key], state[a_key])
     return new_state
 
 
-SPEC = MethodSpec(
-    name="fed_svd", adapter="lora", trains=("lora_B",), broadcast_once=(), broadcast=("lora_A",), exact=True,
+SPEC = register(MethodSpec(
+    name="fed_svd", adapter="lora", trains=(LORA_B,), broadcast_once=(), broadcast=(LORA_A,), exact=True,
     aggregate=aggregate, citation="Lee et al., arXiv 2505.12805",
-)
+    client_ranks_refused="it averages B against the one A the server re-factorizes for every client",
+    downlink_refused="re-factorizes B·A by SVD every round (a new orthonormal A)",
+))

@@ -5,7 +5,8 @@ Inexact: s·B̄Ā ≠ Σp_k s·B_kA_k unless the clients' A (or B) agree (refere
 """
 
 from fedlr.methods.averaging import weighted_mean_update
-from fedlr.methods.base import MethodSpec
+from fedlr.adapters.naming import LORA_A, LORA_B
+from fedlr.methods.base import MethodSpec, register
 
 
 def aggregate(state, updates, weights):
@@ -13,7 +14,9 @@ def aggregate(state, updates, weights):
     return weighted_mean_update(state, updates, weights)
 
 
-SPEC = MethodSpec(
-    name="fedit", adapter="lora", trains=("lora_A", "lora_B"), broadcast_once=(), exact=False,
+SPEC = register(MethodSpec(
+    name="fedit", adapter="lora", trains=(LORA_A, LORA_B), broadcast_once=(), exact=False,
     aggregate=aggregate, citation="Zhang et al., arXiv 2305.05644",
-)
+    client_ranks_refused="it averages A and B entrywise, which needs one shape (zero-padding them as HetLoRA "
+                         "does is inexact)",
+))

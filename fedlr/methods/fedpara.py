@@ -7,7 +7,8 @@ paper does, and tests/test_fedpara.py shows the gap on random factors.
 """
 
 from fedlr.methods.averaging import weighted_mean_update
-from fedlr.methods.base import MethodSpec
+from fedlr.adapters.naming import HADAMARD
+from fedlr.methods.base import MethodSpec, register
 
 
 def aggregate(state, updates, weights):
@@ -15,7 +16,8 @@ def aggregate(state, updates, weights):
     return weighted_mean_update(state, updates, weights)
 
 
-SPEC = MethodSpec(
-    name="fedpara", adapter="loha", trains=("hada",), broadcast_once=(), exact=False,
+SPEC = register(MethodSpec(
+    name="fedpara", adapter="loha", trains=(HADAMARD,), broadcast_once=(), exact=False,
     aggregate=aggregate, citation="Hyeon-Woo et al., arXiv 2108.06098",
-)
+    client_ranks_refused="it averages the LoHa factors entrywise, which needs one shape",
+))

@@ -5,7 +5,8 @@ clients train B; the server averages B̄ = Σp_kB_k. Exact: (Σp_kB_k)A = Σp_kB
 """
 
 from fedlr.methods.averaging import weighted_mean_update
-from fedlr.methods.base import MethodSpec
+from fedlr.adapters.naming import LORA_B
+from fedlr.methods.base import MethodSpec, register
 
 
 def aggregate(state, updates, weights):
@@ -13,7 +14,8 @@ def aggregate(state, updates, weights):
     return weighted_mean_update(state, updates, weights)
 
 
-SPEC = MethodSpec(
-    name="ffa_lora", adapter="lora", trains=("lora_B",), broadcast_once=(), exact=True,
+SPEC = register(MethodSpec(
+    name="ffa_lora", adapter="lora", trains=(LORA_B,), broadcast_once=(), exact=True,
     aggregate=aggregate, citation="Sun et al., arXiv 2403.12313",
-)
+    client_ranks_refused="it averages B against the one frozen A every client shares",
+))

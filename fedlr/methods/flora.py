@@ -19,12 +19,11 @@ from typing import Mapping
 import torch
 
 from fedlr.adapters.layers import kaiming_uniform
+from fedlr.adapters.naming import A_KEY, B_KEY, BASE_KEY, BASE_WEIGHT, LORA_A, LORA_B, key, keys_ending, layer_of
 from fedlr.methods.averaging import weighted_mean_update
-from fedlr.methods.base import MethodSpec
+from fedlr.methods.base import MethodSpec, register
 from fedlr.methods.lowrank_math import flora_stack
 from fedlr.seeding import torch_generator
-
-A, B, BASE = ".lora_A.weight", ".lora_B.weight", ".base.weight"
 
 
 def fresh_factors(seed: int, server_round: int, layer: str, rank: int, d_in: int, d_out: int):
@@ -41,10 +40,11 @@ def fresh_factors(seed: int, server_round: int, layer: str, rank: int, d_in: int
 def draw_fresh(seed: int, server_round: int, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
     """``fresh_factors`` for every layer among ``shapes`` (its LoRA factors' keys and shapes)."""
     fresh = {}
-    for a_key in (k for k in shapes if k.endswith(A)):
-        layer = a_key[: -len(A)]
-        (rank, d_in), d_out = shapes[a_key], shapes[layer + B][0]
-        fresh[a_key], fresh[layer + B] = fresh_factors(seed, server_round, layer, rank, d_in, d_out)
+    for a_key in keys_ending(shapes, A_KEY):
+        layer = layer_of(a_key, A_KEY)
+        b_key = key(layer, B_KEY)
+        (rank, d_in), d_out = shapes[a_key], shapes[b_key][0]
+        fresh[a_key], fresh[b_key] = fresh_factors(seed, server_round, layer, rank, d_in, d_out)
     return fresh
 
 
@@ -54,26 +54,32 @@ def aggregate(state, updates, weights, *, scale: float, server_round: int, seed:
     at the server's rank."""
     trained = list(updates[0])
     new_state = dict(state)
-    new_state.update(weighted_mean_update({k: state[k] for k in trained if not k.endswith((A, B))}, updates, weights))
-    for a_key in (k for k in trained if k.endswith(A)):
-        layer = a_key[: -len(A)]
+    new_state.update(weighted_mean_update({k: state[k] for k in trained if not k.endswith((A_KEY, B_KEY))},
+                                          updates, weights))
+    for a_key in keys_ending(trained, A_KEY):
+        layer = layer_of(a_key, A_KEY)
+        b_key, base_key = key(layer, B_KEY), key(layer, BASE_KEY)
         a_k, b_k = [], []
         for u in updates:
-            (rank, d_in), d_out = u[a_key].shape, u[layer + B].shape[0]
+            (rank, d_in), d_out = u[a_key].shape, u[b_key].shape[0]
             a0, b0 = fresh_factors(seed, server_round, layer, rank, d_in, d_out)
             a_k.append(a0.double() + u[a_key].double())
-            b_k.append(b0.double() + u[layer + B].double())
+            b_k.append(b0.double() + u[b_key].double())
         b_stack, a_stack = flora_stack(b_k, a_k, weights)
-        base = state[layer + BASE]
-        new_state[layer + BASE] = (base.double() + scale * b_stack @ a_stack).to(base.dtype)
-        (rank, d_in), d_out = state[a_key].shape, state[layer + B].shape[0]
+        base = state[base_key]
+        new_state[base_key] = (base.double() + scale * b_stack @ a_stack).to(base.dtype)
+        (rank, d_in), d_out = state[a_key].shape, state[b_key].shape[0]
         a_next, b_next = fresh_factors(seed, server_round + 1, layer, rank, d_in, d_out)
-        new_state[a_key], new_state[layer + B] = a_next.to(state[a_key].dtype), b_next.to(state[layer + B].dtype)
+        new_state[a_key], new_state[b_key] = a_next.to(state[a_key].dtype), b_next.to(state[b_key].dtype)
     return new_state
 
 
-SPEC = MethodSpec(
-    name="flora", adapter="lora", trains=("lora_A", "lora_B"), broadcast_once=(), broadcast=("base.weight",),
+SPEC = register(MethodSpec(
+    name="flora", adapter="lora", trains=(LORA_A, LORA_B), broadcast_once=(), broadcast=(BASE_WEIGHT,),
     exact=True, aggregate=aggregate, citation="Wang et al., arXiv 2409.05976", needs_round_context=True,
-    fresh=("lora_A", "lora_B"), draw_fresh=draw_fresh,
-)
+    fresh=(LORA_A, LORA_B), draw_fresh=draw_fresh,
+    # one pre-averaged update merges (mean B)(mean A), not the mean of the products
+    exact_on_combined_update=False,
+    client_ranks_refused=None,  # stacking is exact for any ranks
+    downlink_refused="merges the stacked adapters into dense base weights every round",
+))

@@ -2,7 +2,7 @@
 The exact reference the low-rank methods are measured against."""
 
 from fedlr.methods.averaging import weighted_mean_update
-from fedlr.methods.base import MethodSpec
+from fedlr.methods.base import MethodSpec, register
 
 
 def aggregate(state, updates, weights):
@@ -10,7 +10,8 @@ def aggregate(state, updates, weights):
     return weighted_mean_update(state, updates, weights)
 
 
-SPEC = MethodSpec(
+SPEC = register(MethodSpec(
     name="full_ft", adapter=None, trains=("*",), broadcast_once=(), exact=True,
     aggregate=aggregate, citation="McMahan et al., arXiv 1602.05629",
-)
+    client_ranks_refused="it trains every weight and has no adapter rank",
+))

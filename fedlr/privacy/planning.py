@@ -24,30 +24,11 @@ import warnings
 from dataclasses import asdict, dataclass, field
 
 from fedlr.config import Experiment
-from fedlr.privacy.accountant import COARSE_ORDERS, epsilon_of_history, sample_rate
+from fedlr.methods import get_method
 from fedlr.privacy.calibration import calibrate_noise
-from fedlr.privacy.federation_accountant import COARSE_ORDERS as CENTRAL_COARSE_ORDERS
-from fedlr.privacy.federation_accountant import REPLACE_ONE_SENSITIVITY, FederationAccountant, central_epsilon
+from fedlr.privacy.federation_accountant import FederationAccountant
+from fedlr.privacy.modes import configured_mode
 from fedlr.sampling import sample_clients
-
-ADJACENCY = {
-    "sample": "add/remove one training example of one client",
-    "client_central": "replace one client (all of its data); N public",
-    "client_local": "replace one client (all of its data)",
-}
-SAMPLING = {
-    "sample": "Poisson: each local example in each step independently with probability q_k = batch_size / n_k",
-    "client_central": "m of N clients per round, uniformly without replacement (fedlr.sampling); "
-                      "amplification assumes the cohort is secret",
-    "client_local": "none: each client's own release, no amplification by client sampling",
-}
-MECHANISMS = {
-    "sample": "DP-SGD (Opacus per-sample gradients, clip C, Gaussian noise sigma*C per step) in every client",
-    "client_central": "update clipped to S on the client (and again at the server); Gaussian noise z*S on the sum "
-                      "at the server; uniform mean over the fixed cohort size m",
-    "client_local": "update clipped to S and Gaussian noise z*S added by each client before upload; uniform mean",
-}
-
 
 @dataclass
 class PrivacyPlan:
@@ -71,14 +52,6 @@ class PrivacyPlan:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def client_step(self, partition_id: int, steps: int) -> tuple[float, float, int]:
-        """The accountant entry (σ_eff, q, steps) of one client round that took ``steps`` steps."""
-        if self.mode == "sample":
-            return self.noise_multiplier, self.sample_rates[partition_id], steps
-        if self.mode == "client_local":
-            return self.noise_multiplier / REPLACE_ONE_SENSITIVITY, 1.0, 1
-        raise ValueError(f"mode {self.mode!r} has no per-client accountant")
-
     def federation_accountant(self, num_clients: int, clients_per_round: int) -> FederationAccountant:
         return FederationAccountant(self.noise_multiplier, num_clients, clients_per_round)
 
@@ -87,20 +60,7 @@ def epsilon_for(exp: Experiment, train_sizes: list[int], noise_multiplier: float
                 coarse: bool = False) -> float:
     """max over clients of ε when client k takes part in ``rounds_per_client[k]`` rounds.
     ``coarse``: a fast RDP upper bound (fewer orders), only a starting point for calibration."""
-    priv, fed = exp.privacy, exp.federation
-    if priv.mode == "client_central":
-        return central_epsilon(noise_multiplier, fed.num_clients, fed.clients_per_round, max(rounds_per_client),
-                               priv.delta, **({"orders": CENTRAL_COARSE_ORDERS} if coarse else {}))
-    kind = "rdp" if coarse else priv.accountant
-    orders = COARSE_ORDERS if coarse else None
-    if priv.mode == "client_local":
-        history = [(noise_multiplier / REPLACE_ONE_SENSITIVITY, 1.0, max(rounds_per_client))]
-        return epsilon_of_history(history, priv.delta, kind, orders)
-    tau = exp.train.local_steps
-    # ε grows with q and with steps: only the distinct (q, rounds) pairs need evaluating
-    pairs = {(sample_rate(exp.train.batch_size, n), r) for n, r in zip(train_sizes, rounds_per_client) if n > 0}
-    dominant = [(q, r) for q, r in pairs if not any(q2 >= q and r2 >= r and (q2, r2) != (q, r) for q2, r2 in pairs)]
-    return max(epsilon_of_history([(noise_multiplier, q, r * tau)], priv.delta, kind, orders) for q, r in dominant)
+    return configured_mode(exp.privacy).epsilon(exp, train_sizes, noise_multiplier, rounds_per_client, coarse)
 
 
 def plan_privacy(exp: Experiment, train_sizes: list[int]) -> PrivacyPlan | None:
@@ -129,21 +89,20 @@ def plan_privacy(exp: Experiment, train_sizes: list[int]) -> PrivacyPlan | None:
     for rnd in range(1, fed.num_rounds + 1):
         for pid in sample_clients(exp.seed, rnd, fed.num_clients, fed.clients_per_round):
             schedule[pid] += 1
-    if priv.mode == "client_central":
-        schedule = [fed.num_rounds] * fed.num_clients  # the federation's figure: every round is one release
-    mechanisms = [MECHANISMS[priv.mode]]
-    if exp.method.name == "dp_lora":
-        mechanisms.append(_dp_lora_stage(priv.mode))
+    mode = configured_mode(priv)
+    schedule = mode.releases_per_client(schedule, fed.num_rounds)
+    mechanisms = [mode.mechanism]
+    if (method_mechanism := get_method(exp.method.name).privacy_mechanisms.get(mode.name)) is not None:
+        mechanisms.append(method_mechanism)
     nonempty = [n for n in train_sizes if n > 0]
     return PrivacyPlan(
         mode=priv.mode, accountant=priv.accountant, delta=priv.delta, noise_multiplier=sigma,
         noise_calibrated=calibrated, max_grad_norm=priv.max_grad_norm,
         epsilon=epsilon_for(exp, train_sizes, sigma, every_round),
         epsilon_seeded_schedule=epsilon_for(exp, train_sizes, sigma, schedule) if any(schedule) else 0.0,
-        adjacency=ADJACENCY[priv.mode], sampling=SAMPLING[priv.mode], mechanisms=mechanisms,
-        num_rounds=fed.num_rounds, steps_per_round=exp.train.local_steps if priv.mode == "sample" else 1,
-        sample_rates=[sample_rate(exp.train.batch_size, n) if n > 0 else 0.0 for n in train_sizes]
-        if priv.mode == "sample" else [],
+        adjacency=mode.adjacency, sampling=mode.sampling, mechanisms=mechanisms,
+        num_rounds=fed.num_rounds, steps_per_round=mode.steps_per_round(exp),
+        sample_rates=mode.sample_rates(exp, train_sizes),
         smallest_client=min(nonempty), warnings=privacy_warnings(exp, train_sizes),
     )
 
@@ -171,38 +130,14 @@ def check_privacy(exp: Experiment, train_sizes: list[int]) -> PrivacyPlan | None
 
 def privacy_warnings(exp: Experiment, train_sizes: list[int]) -> list[str]:
     """Choices that are allowed but weaken or void the guarantee, each saying why."""
-    priv, fed = exp.privacy, exp.federation
+    mode = configured_mode(exp.privacy)
     out = []
     empty = [i for i, n in enumerate(train_sizes) if n == 0]
     if empty:
         out.append(f"partitions {empty} have no training examples: they will refuse to train when sampled")
-    if priv.mode == "sample":
-        n_min = min(n for n in train_sizes if n > 0)
-        if priv.delta > 1 / n_min:
-            out.append(
-                f"privacy.delta = {priv.delta:g} is larger than 1/n = 1/{n_min} for the smallest client "
-                f"({n_min} training examples): a mechanism that publishes one whole random example of each "
-                f"client with probability delta satisfies (epsilon, delta)-DP, so the guarantee is void; "
-                f"choose delta < 1/{n_min} (e.g. 1e-5)")
-    elif priv.delta > 1 / fed.num_clients:
-        out.append(
-            f"privacy.delta = {priv.delta:g} is larger than 1/N = 1/{fed.num_clients} (the protected unit is a "
-            f"client): a mechanism that publishes one whole client's update with probability delta would still "
-            f"satisfy (epsilon, delta)-DP; choose delta < 1/{fed.num_clients}")
-    if priv.mode == "client_central" and fed.clients_per_round == fed.num_clients:
-        out.append("every client takes part in every round (m = N): client sampling gives no amplification")
-    return out
-
-
-def _dp_lora_stage(mode: str) -> str:
-    """Which of DP-LoRA's two noise stages (Liu et al., arXiv 2312.17493 §4) this run implements."""
-    if mode == "sample":
-        return ("dp_lora: stage (2) per-iteration gradient clipping and noise, each trained tensor clipped "
-                "separately (Opacus per-layer clipping, C/sqrt(P) each); uniform aggregation weights 1/K")
-    if mode == "client_local":
-        return ("dp_lora: stage (3) noise on the uploaded factors (clipped update (dA, dB), noise z*S, before "
-                "upload); uniform aggregation weights 1/K")
-    return "dp_lora: client-level Gaussian on the aggregated (dA, dB) at the server; uniform aggregation weights 1/K"
+    if (delta := mode.delta_warning(exp, train_sizes)) is not None:
+        out.append(delta)
+    return out + mode.extra_warnings(exp)
 
 
 def client_train_sizes(exp: Experiment) -> list[int]:

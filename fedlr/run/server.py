@@ -10,7 +10,10 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedlr import checkpoint
 from fedlr.adapters.export import export_model
+from fedlr.adapters.naming import BASE_KEY, key
 from fedlr.config import Experiment
+from fedlr.methods import get_method
+from fedlr.privacy.modes import configured_mode, privacy_mode
 from fedlr.models.adapted import adapter_paths
 from fedlr.results import RunDir
 from fedlr.results.console import Console
@@ -27,10 +30,8 @@ def run_server(grid: Grid, exp: Experiment, run_dir: RunDir, console: Console, r
     bench = get_workbench(exp)
     adapted = bench.adapted
     params = adapted.parameters_by_name()
-    target_weights = {
-        f"{p}.base.weight": (tuple(params[f"{p}.base.weight"].shape), params[f"{p}.base.weight"].dtype)
-        for p in adapter_paths(adapted)
-    }
+    target_weights = {k: (tuple(params[k].shape), params[k].dtype)
+                      for k in (key(p, BASE_KEY) for p in adapter_paths(adapted))}
     rows: list[dict] = []
     saved = checkpoint.latest(run_dir.checkpoint_dir) if resume else None
     if resume and saved is None:
@@ -49,7 +50,7 @@ def run_server(grid: Grid, exp: Experiment, run_dir: RunDir, console: Console, r
     def save_checkpoint(server_round: int, state: dict) -> None:
         checkpoint.save(run_dir.checkpoint_dir, server_round, state, keep=exp.output.keep_checkpoints)
 
-    strategy = strategy_class(exp.method.name)(
+    strategy = strategy_class(adapted.spec)(
         exp, adapted.spec, adapted.round_state(), {}, target_weights,
         evaluate=evaluate if exp.evaluation.central else None, on_round=on_round, privacy=bench.privacy,
         checkpoint=save_checkpoint if exp.output.checkpoint else None, client_state_dir=client_state_dir,
@@ -95,8 +96,10 @@ def privacy_summary(exp: Experiment, plan, last_row: dict) -> dict:
     """The summary's privacy fields: ε (cumulative, from the last ledger row), δ, the accountant,
     the adjacency and sampling the ε assumes, σ, and which mechanisms ran (None without DP)."""
     if plan is None:
-        off = "none" if exp.privacy.mode == "none" else f"{exp.privacy.mode} at target_epsilon = inf: no clipping, no noise"
-        mechanisms = ["dp_lora without DP: FedIT factors with uniform weights 1/K"] if exp.method.name == "dp_lora" else []
+        off = (exp.privacy.mode if not configured_mode(exp.privacy).private
+               else f"{exp.privacy.mode} at target_epsilon = inf: no clipping, no noise")
+        method_mechanism = get_method(exp.method.name).privacy_mechanisms.get(privacy_mode(exp.privacy).name)
+        mechanisms = [method_mechanism] if method_mechanism is not None else []
         return {"privacy_mode": off, "epsilon": None, "delta": None, "accountant": None, "adjacency": None,
                 "privacy_mechanisms": mechanisms}
     return {
