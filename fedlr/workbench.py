@@ -20,7 +20,7 @@ from fedlr.models.adapted import AdaptedModel, adapter_paths, build_adapted_mode
 from fedlr.adapters.naming import BASE_KEY, key
 from fedlr.privacy.accountant import StepAccountant
 from fedlr.privacy.dp_sgd import DPSGDSettings, dp_local_train
-from fedlr.privacy.modes import PrivacyMode, privacy_mode
+from fedlr.privacy import modes
 from fedlr.privacy.noise import noise_generator
 from fedlr.privacy.planning import PrivacyPlan, plan_privacy
 from fedlr.seeding import derive_seed, torch_generator
@@ -37,12 +37,16 @@ class Workbench:
         self.data = FederatedData(exp, load_tokenizer(exp.model))
         self.adapted: AdaptedModel = build_adapted_model(exp, self.data.num_labels)
         self.adapted.model.to(self.device)
-        self.privacy_mode: PrivacyMode = privacy_mode(exp.privacy)
         self.build_seconds = time.perf_counter() - started
 
     def load(self, *states: State) -> None:
         for state in states:
             self.adapted.load({k: v.to(self.device) for k, v in state.items()})
+
+    @property
+    def privacy_mode(self) -> modes.PrivacyMode:
+        """The privacy mode in effect (``fedlr.privacy.modes``)."""
+        return modes.privacy_mode(self.exp.privacy)
 
     @cached_property
     def privacy(self) -> PrivacyPlan | None:
