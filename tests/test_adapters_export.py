@@ -84,3 +84,38 @@ def test_peft_export_reloads_with_identical_logits(tmp_path, method):
     theirs = loaded(**inputs).logits
     assert torch.allclose(ours, theirs, atol=1e-5)
     assert not torch.allclose(ours, load_base_model(exp.model, 2, seed=exp.seed)(**inputs).logits, atol=1e-3)
+
+
+def test_export_is_loadable_outside_fedlr(tmp_path, monkeypatch):
+    """From a relative model folder: the adapter names the folder absolutely, lists its head once,
+    carries the label names and the tokenizer, and reloads in plain transformers + PEFT."""
+    import json
+
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    from fedlr.adapters.export import base_reference
+    from fedlr.config import BUNDLED_MODEL
+    from fedlr.models import bundled_model_dir
+
+    folder = tmp_path / "base"
+    load_base_model(exp_for("fedit").model, 2, seed=0).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(bundled_model_dir()).save_pretrained(folder)
+    monkeypatch.chdir(tmp_path)
+    exp = experiment_from_dict({**TINY, "model": {"name_or_path": "base", "max_length": 32},
+                                "method": {"name": "fedit", "rank": 4}})
+    bench = Workbench(exp)
+    out = export_model(bench, tmp_path / "model")
+    saved = json.loads((out / "adapter_config.json").read_text())
+    assert saved["base_model_name_or_path"] == str(folder.resolve())
+    assert saved["modules_to_save"] == ["classifier"]
+    config = AutoConfig.from_pretrained(out)
+    assert config.id2label == {0: "rotten", 1: "fresh"} and config.label2id == {"rotten": 0, "fresh": 1}
+    base = AutoModelForSequenceClassification.from_pretrained(saved["base_model_name_or_path"], config=config)
+    loaded = PeftModel.from_pretrained(base, out).eval()
+    texts = ["a fine film", "dull and long"]
+    inputs = AutoTokenizer.from_pretrained(out)(texts, return_tensors="pt", padding=True)
+    ours = bench.data.tokenizer(texts, return_tensors="pt", padding=True)
+    assert torch.equal(inputs["input_ids"], ours["input_ids"])
+    assert torch.allclose(loaded(**inputs).logits, bench.adapted.model(**ours).logits, atol=1e-5)
+    assert "## How to load" in (out / "README.md").read_text()
+    assert base_reference(BUNDLED_MODEL)[0] == str(bundled_model_dir())  # the bundled model: its folder

@@ -68,6 +68,14 @@ def test_local_csv_and_jsonl_files(tmp_path):
     assert len(table) == 40 and names == ["neg", "pos"]
 
 
+def test_numeric_labels_are_in_numeric_order(tmp_path):
+    path = tmp_path / "d.csv"
+    pd.DataFrame({"text": [f"t{i}" for i in range(6)], "label": [10, 2, 1, 2, 10, 1]}).to_csv(path, index=False)
+    table, names = load_table(experiment_from_dict({"data": {"dataset": str(path)}}).data)
+    assert names == ["1", "2", "10"]  # as text, "10" would come before "2"
+    assert table["label"].tolist() == [2, 1, 0, 1, 2, 0]
+
+
 def test_missing_file_and_column(tmp_path):
     with pytest.raises(ConfigError, match="file not found"):
         data_for(dataset=str(tmp_path / "missing.csv"))

