@@ -22,11 +22,14 @@ round k. Injected faults (``[faults]``, ``fedlr.faults``) act here, before any w
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedlr.config import experiment_from_json
+from fedlr.deploy.node_config import experiment_mismatch
 from fedlr.faults import fault_for, garbage, inject
 from fedlr.privacy.accountant import StepAccountant
 from fedlr.compression.base import canonical_keys
@@ -39,6 +42,7 @@ from fedlr.seeding import torch_generator
 from fedlr.workbench import get_workbench
 
 app = ClientApp()
+log = logging.getLogger("fedlr")
 
 STATE_CONFIG = "fedlr"
 STATE_ONCE = "fedlr.once"
@@ -68,6 +72,8 @@ def _state_dir(context: Context) -> str | None:
 @app.query()
 def enroll(msg: Message, context: Context) -> Message:
     query = msg.content["config"]
+    if (mismatch := experiment_mismatch(context.node_config, query[EXPERIMENT_KEY])) is not None:
+        log.warning("partition %s: %s", _partition_id(context), mismatch)
     mine = {EXPERIMENT_KEY: query[EXPERIMENT_KEY]}
     state_dir = context.node_config.get(STATE_DIR_KEY, query.get(STATE_DIR_KEY))
     if state_dir:

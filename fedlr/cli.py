@@ -1,4 +1,8 @@
-"""``fedlr run | plan | sweep | report``: the command line. Config problems exit with code 2 before any work."""
+"""``fedlr run | plan | sweep | report | deploy``: the command line.
+
+Every error fedlr raises (``fedlr.errors.FedlrError``) is caught once, in ``main``: one line
+``fedlr: error: …`` on stderr and the error's exit code (2: bad config or input, nothing started;
+3: a deployment failed while running). Anything else is a bug and keeps its traceback."""
 
 from __future__ import annotations
 
@@ -8,15 +12,30 @@ import logging
 import sys
 from pathlib import Path
 
+from fedlr import __version__
 from fedlr.config import ConfigError, Experiment, load_experiment
-from fedlr.run.simulation import RunFailed
+from fedlr.errors import FedlrError
 
-EXIT_CONFIG = 2
+DESCRIPTION = "Federated, differentially private fine-tuning with low-rank adapters, on Flower."
+EPILOG = ("exit codes: 0 done; 1 a run that did not complete (a sweep with failed runs, a deployed run that "
+          "did not finish or whose bytes disagree with Flower's) or an unexpected error; 2 bad config or input, "
+          "nothing started; 3 a deployment failed while running; 130 interrupted")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        flwr = version("flwr")
+    except PackageNotFoundError:
+        flwr = "not installed"
+    return f"fedlr {__version__} (Flower {flwr})"
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fedlr", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+    p = argparse.ArgumentParser(prog="fedlr", description=DESCRIPTION, epilog=EPILOG)
+    p.add_argument("--version", action="version", version=_version())
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_ in (("run", "simulate an experiment"), ("plan", "communication plan, no training")):
         c = sub.add_parser(name, help=help_)
         if name == "run":
@@ -33,9 +52,9 @@ def _parser() -> argparse.ArgumentParser:
         else:
             c.add_argument("--quiet", action="store_true", help="print nothing but errors")
     _add_sweep_report(sub)
-    from fedlr.run.deploy import add_deploy_parser
+    from fedlr.deploy.cli import add_deploy_parser
 
-    add_deploy_parser(sub)  # fedlr deploy ...: handlers in fedlr.run.deploy (func=...)
+    add_deploy_parser(sub)  # fedlr deploy ...: handlers in fedlr.deploy.cli (func=...)
     return p
 
 
@@ -70,12 +89,9 @@ def cmd_sweep(args) -> int:
         print(json.dumps(rows) if args.json else format_dry_run(sweep, rows))
         return 0
     if args.tensorboard:
-        from fedlr.results.tensorboard import TensorBoardUnavailable, require_tensorboard
+        from fedlr.results.tensorboard import require_tensorboard
 
-        try:
-            require_tensorboard()
-        except TensorBoardUnavailable as e:
-            raise ConfigError(str(e)) from None
+        require_tensorboard()  # TensorBoardUnavailable is a ConfigError: exit 2 before any run
     progress = Console()
     run_console = Console(quiet=args.quiet or sweep.base.output.quiet)
     try:
@@ -87,12 +103,9 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from fedlr.results.report import ReportError, write_report
+    from fedlr.results.report import write_report
 
-    try:
-        paths = write_report(args.runs_dir, args.out, html=not args.no_html, tensorboard=args.tensorboard)
-    except ReportError as e:
-        raise ConfigError(str(e)) from None
+    paths = write_report(args.runs_dir, args.out, html=not args.no_html, tensorboard=args.tensorboard)
     print(paths["table_md"].read_text(), end="")
     for key, path in paths.items():
         print(f"{key}: {path}")
@@ -164,12 +177,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("fedlr run: give an experiment TOML file, or --resume RUN_DIR")
         exp = load_experiment(args.experiment, args.overrides)
         return {"run": cmd_run, "plan": cmd_plan}[args.command](exp, args)
-    except ConfigError as e:
+    except FedlrError as e:
         print(f"fedlr: error: {e}", file=sys.stderr)
-        return EXIT_CONFIG
-    except RunFailed as e:
-        print(f"fedlr: error: {e}", file=sys.stderr)
-        return 1
+        return e.exit_code
 
 
 if __name__ == "__main__":

@@ -167,14 +167,6 @@ def exact_on_combined_update() -> list[str]:
     return [n for n in method_names() if get_method(n).exact_under(combines_updates=True)]
 
 
-def deployment_refusal(exp: "Experiment") -> str | None:
-    """Why ``exp`` cannot run on real SuperNodes (``fedlr deploy``), or None."""
-    if exp.federation.fused_clients > 1:
-        return (f"federation.fused_clients = {exp.federation.fused_clients} is a simulation setting: one worker "
-                "trains several clients on their data, which deployed clients do not share; set it to 1")
-    return None
-
-
 FAULT_KINDS = ("raise", "hang", "garbage")
 
 

@@ -1,9 +1,39 @@
-"""Errors every layer raises (kept apart so config sections in sub-packages can use them without
-importing ``fedlr.config``)."""
+"""Errors every layer raises, and the exit code each one gives ``fedlr`` (kept apart so config
+sections in sub-packages can use them without importing ``fedlr.config``).
+
+``fedlr.cli`` catches ``FedlrError`` once: one line ``fedlr: error: …`` on stderr, exit
+``exit_code``. Anything else is a bug and keeps its traceback.
+
+| exit | error | meaning |
+|---|---|---|
+| 1 | ``fedlr.run.simulation.RunFailed`` | a run went through every round but no round aggregated |
+| 2 | ``ConfigError`` (``DeployError`` is one) | bad input: nothing was started |
+| 3 | ``DeploymentFailed`` | a deployment broke while running: a process died, the SuperLink refused, a timeout |
+"""
 
 
-class ConfigError(ValueError):
+class FedlrError(Exception):
+    """An error ``fedlr`` reports as one line and exits with ``exit_code``."""
+
+    exit_code = 1
+
+
+class ConfigError(FedlrError, ValueError):
     """A configuration problem, reported to the user with exit code 2 before any work."""
+
+    exit_code = 2
+
+
+class DeployError(ConfigError):
+    """Bad deployment input (certificate, address, node config, a port already taken), reported
+    before any process starts."""
+
+
+class DeploymentFailed(FedlrError, RuntimeError):
+    """A deployment that started and then failed: a Flower process exited, the SuperLink refused a
+    request, a run did not finish in time."""
+
+    exit_code = 3
 
 
 def format_validation_error(err, prefix: str = "", model: type | None = None) -> str:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import sys
 import threading
 import time
@@ -23,7 +25,11 @@ import pytest
 from fedlr.cli import main
 from fedlr.config import load_experiment, to_toml
 from fedlr.results import read_ledger
-from fedlr.run.deploy import LocalDeployment, ProcessTree, flwr_env, make_certs
+from fedlr.deploy.certs import make_certs
+from fedlr.deploy.flower_argv import flwr_env
+from fedlr.deploy.local import LocalDeployment
+from fedlr.deploy.network import CONTROL_PORT, FLEET_PORT, free_port
+from fedlr.deploy.processes import ProcessTree
 from fedlr.sampling import sample_clients
 
 pytestmark = pytest.mark.slow
@@ -161,6 +167,50 @@ def test_bad_input_against_a_running_superlink(federation, tmp_path, capsys):
     assert len(tree.seen) == 1, f"something was started: {tree.seen}"
 
 
+def test_taken_ports_and_mixed_up_apis_are_one_line(federation, tmp_path, capsys):
+    """Against the running SuperLink: submit pointed at the Fleet port and a SuperNode pointed at
+    the Control port are told which port to use; a second SuperLink on the first one's Fleet port
+    and a SuperNode whose Runtime API port is taken exit 2 with one line naming the port and the
+    process that holds it, and start nothing."""
+    ca = str(federation.certs.ca_cert)
+    fleet, control = federation.fleet_address, federation.control_address
+    assert main(["deploy", "submit", str(TINY), "--superlink", fleet, "--root-certificates", ca]) == 2
+    err = capsys.readouterr().err
+    assert f"{fleet} is the SuperLink's Fleet API" in err and f"--port ({CONTROL_PORT} by default)" in err, err
+    assert main(["deploy", "supernode", "--superlink", control, "--root-certificates", ca, "--partition-id", "0",
+                 "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert f"{control} is the SuperLink's Control API" in err and f"({FLEET_PORT} by default)" in err, err
+
+    holder = f"pid {federation.tree.procs['superlink'].pid} (python"  # fedlr deploy superlink exec'd Flower's
+    cmd = [sys.executable, "-m", "fedlr.cli", "deploy"]
+    tree = ProcessTree(tmp_path / "logs", flwr_env(tmp_path / "flwr-home"))
+    try:
+        second = tree.start("second-superlink", [*cmd, "superlink", "--certs", str(federation.certs.ca_cert.parent),
+                                                 "--fleet-address", fleet, "--port", str(free_port())])
+        node = tree.start("supernode", [*cmd, "supernode", "--superlink", fleet, "--root-certificates", ca,
+                                        "--partition-id", "0", "--port", str(federation.control_port)])
+        assert second.wait(timeout=120) == 2 and node.wait(timeout=120) == 2
+    finally:
+        tree.stop()
+    for name, flag, port in (("second-superlink", "--fleet-address", federation.fleet_port),
+                             ("supernode", "--port", federation.control_port)):
+        log = tree.log(name)
+        assert log.startswith(f"fedlr: error: {flag}: port {port} is already in use by {holder}"), log
+        assert log.count("\n") == 1, log  # one line, no traceback
+    assert not any("flower-" in c for c in tree.seen_cmdlines()), tree.seen_cmdlines()
+
+
+def test_a_refusal_by_the_superlink_exits_3(federation, capsys):
+    """A runtime failure of a deployment (here the SuperLink refuses to register a key a second
+    time) is DeploymentFailed: one line and exit code 3, not the 2 of bad input."""
+    pub = federation.workdir / "keys" / "node-0.pub"
+    assert main(["deploy", "register", str(pub), "--superlink", federation.control_address,
+                 "--root-certificates", str(federation.certs.ca_cert)]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith(f"fedlr: error: registering {pub} failed"), err
+
+
 def test_a_supernode_killed_mid_round(federation, tmp_path):
     """SIGKILL node-0's whole process group (SuperNode, flower-superexec, flwr-clientapp) as soon
     as it has received its round-1 message: the round completes with the other client within the round timeout, the
@@ -214,3 +264,64 @@ def test_a_supernode_killed_mid_round(federation, tmp_path):
         except (ProcessLookupError, psutil.Error):
             pass
     assert not survivors, f"node-0's processes outlived SIGKILL of its group: {survivors}"
+
+
+# ------------------------------------------------------------------ fedlr deploy local: the key folder
+def _local_deployment(tmp_path: Path, *args: str) -> tuple[ProcessTree, subprocess.Popen, Path]:
+    """``fedlr deploy local`` as a process whose temp folder is ``tmp_path/tmp`` (TMPDIR)."""
+    exp = _experiment(tmp_path / "runs", "method.name='fedit'", "federation.num_clients=2",
+                      "federation.num_rounds=1", "federation.round_timeout_s=240")
+    (tmp_path / "local.toml").write_text(to_toml(exp))
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = flwr_env(tmp_path / "flwr-home")
+    env["TMPDIR"] = str(tmp)
+    tree = ProcessTree(tmp_path / "logs", env)
+    proc = tree.start("local", [sys.executable, "-m", "fedlr.cli", "deploy", "local", str(tmp_path / "local.toml"),
+                                *args])
+    return tree, proc, tmp
+
+
+def _stopped(tree: ProcessTree, proc) -> list[str]:
+    """What is still alive of everything ``proc`` ever started, after a short grace."""
+    deadline = time.monotonic() + 20
+    while (left := _family_alive(tree)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return left
+
+
+def test_deploy_local_removes_its_keys_when_the_run_ends(tmp_path):
+    """With --auth the temp folder holds the CA key, the server key and the node private keys: it
+    is gone when the run has finished, as is every process."""
+    tree, proc, tmp = _local_deployment(tmp_path, "--auth")
+    try:
+        assert proc.wait(timeout=900) == 0, tree.log("local")[-3000:]
+        left = _stopped(tree, proc)
+    finally:
+        tree.stop()
+    log = tree.log("local")
+    assert f"logs in {tmp}/fedlr-local-" in log and "(removed at the end" in log, log[:2000]
+    assert not list(tmp.glob("fedlr-local-*")), list(tmp.rglob("fedlr-local-*/**/*"))
+    assert not left, left
+    assert "finished:completed" in log
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert (run_dir / "summary.json").is_file()
+
+
+def test_deploy_local_removes_its_keys_when_stopped(tmp_path):
+    """SIGTERM while the federation starts: every process stopped, the key folder removed."""
+    tree, proc, tmp = _local_deployment(tmp_path)
+    try:
+        deadline = time.monotonic() + 300
+        while not list(tmp.glob("fedlr-local-*/logs/superlink.log")) and time.monotonic() < deadline:
+            assert proc.poll() is None, tree.log("local")[-3000:]
+            time.sleep(0.2)
+        assert list(tmp.glob("fedlr-local-*/certs/ca.key")), list(tmp.rglob("*"))
+        time.sleep(2)  # the SuperLink and its children are starting
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 128 + signal.SIGTERM, tree.log("local")[-3000:]
+        left = _stopped(tree, proc)
+    finally:
+        tree.stop()
+    assert not list(tmp.glob("fedlr-local-*")), list(tmp.rglob("fedlr-local-*/**/*"))
+    assert not left, left

@@ -4,29 +4,32 @@ the traffic cross-check, and the CLI refusing bad input before it starts anythin
 
 from __future__ import annotations
 
-import json
 import socket
 import ssl
 import threading
-import tomllib
-from pathlib import Path
 
 import pytest
 
 from fedlr.cli import main
 from fedlr.config import ConfigError, load_experiment
-from fedlr.run import deploy
-from fedlr.run.deploy import DeployError
+from fedlr.deploy.certs import check_ca_cert, check_server_certs, make_certs
+from fedlr.deploy.connection import CONNECTION_NAME, write_flower_config
+from fedlr.deploy.flower_argv import SuperLinkOptions, superlink_argv
+from fedlr.deploy.network import check_tls_endpoint, free_port, parse_address
+from fedlr.deploy.node_config import format_node_config, parse_node_config
+from fedlr.deploy.node_keys import check_node_key, make_node_keys
+from fedlr.deploy.submission import traffic_check, write_app_dir
+from fedlr.errors import DeployError
 
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory):
-    return deploy.make_certs(tmp_path_factory.mktemp("certs"), hosts=["fl.example.org", "10.1.2.3"])
+    return make_certs(tmp_path_factory.mktemp("certs"), hosts=["fl.example.org", "10.1.2.3"])
 
 
 @pytest.fixture(scope="module")
 def other_certs(tmp_path_factory):
-    return deploy.make_certs(tmp_path_factory.mktemp("other"))
+    return make_certs(tmp_path_factory.mktemp("other"))
 
 
 # ------------------------------------------------------------------------------------ certificates
@@ -37,11 +40,11 @@ def test_certs_have_the_sans_and_verify(certs):
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert set(san.get_values_for_type(x509.DNSName)) == {"localhost", "fl.example.org"}
     assert {str(ip) for ip in san.get_values_for_type(x509.IPAddress)} == {"127.0.0.1", "10.1.2.3"}
-    assert deploy.check_server_certs(certs.server_cert, certs.server_key, certs.ca_cert,
+    assert check_server_certs(certs.server_cert, certs.server_key, certs.ca_cert,
                                      hosts=["localhost", "10.1.2.3"])
     assert oct(certs.server_key.stat().st_mode & 0o777) == "0o600"
     with pytest.raises(DeployError, match="refusing to overwrite"):
-        deploy.make_certs(certs.ca_cert.parent)
+        make_certs(certs.ca_cert.parent)
 
 
 def test_a_real_tls_handshake_with_the_made_certs(certs, other_certs):
@@ -72,10 +75,10 @@ def test_a_real_tls_handshake_with_the_made_certs(certs, other_certs):
     t = threading.Thread(target=serve, daemon=True)
     t.start()
     try:
-        deploy.check_tls_endpoint("127.0.0.1", port, certs.ca_cert, "SuperLink Fleet API")
-        deploy.check_tls_endpoint("localhost", port, certs.ca_cert, "SuperLink Fleet API")
+        check_tls_endpoint("127.0.0.1", port, certs.ca_cert, "SuperLink Fleet API")
+        check_tls_endpoint("localhost", port, certs.ca_cert, "SuperLink Fleet API")
         with pytest.raises(DeployError, match="mismatched certificate.*does not accept"):
-            deploy.check_tls_endpoint("127.0.0.1", port, other_certs.ca_cert, "SuperLink Fleet API")
+            check_tls_endpoint("127.0.0.1", port, other_certs.ca_cert, "SuperLink Fleet API")
     finally:
         done.set()
         t.join(timeout=5)
@@ -84,15 +87,15 @@ def test_a_real_tls_handshake_with_the_made_certs(certs, other_certs):
 
 def test_mismatched_server_certificates_are_named(certs, other_certs):
     with pytest.raises(DeployError, match="not signed by --ssl-ca-certfile"):
-        deploy.check_server_certs(certs.server_cert, certs.server_key, other_certs.ca_cert)
+        check_server_certs(certs.server_cert, certs.server_key, other_certs.ca_cert)
     with pytest.raises(DeployError, match="is not the key of --ssl-certfile"):
-        deploy.check_server_certs(certs.server_cert, other_certs.server_key, certs.ca_cert)
+        check_server_certs(certs.server_cert, other_certs.server_key, certs.ca_cert)
     with pytest.raises(DeployError, match="does not name 192.0.2.7"):
-        deploy.check_server_certs(certs.server_cert, certs.server_key, certs.ca_cert, hosts=["192.0.2.7"])
+        check_server_certs(certs.server_cert, certs.server_key, certs.ca_cert, hosts=["192.0.2.7"])
     with pytest.raises(DeployError, match="missing certificate: --ssl-keyfile .*does not exist"):
-        deploy.check_server_certs(certs.server_cert, certs.ca_cert.parent / "nope.key", certs.ca_cert)
+        check_server_certs(certs.server_cert, certs.ca_cert.parent / "nope.key", certs.ca_cert)
     with pytest.raises(DeployError, match="not a PEM certificate"):
-        deploy.check_ca_cert(certs.server_key)
+        check_ca_cert(certs.server_key)
 
 
 # ------------------------------------------------------------------------------------- node keys
@@ -100,51 +103,51 @@ def test_node_keys_load_the_way_flower_loads_them(tmp_path):
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
 
-    (priv, pub), = deploy.make_node_keys(tmp_path, ["node-0"])
+    (priv, pub), = make_node_keys(tmp_path, ["node-0"])
     key = load_ssh_private_key(priv.read_bytes(), None)  # what flower-supernode does
     assert isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp384r1"
     assert pub.read_text().startswith("ecdsa-sha2-nistp384 ")
     assert load_ssh_public_key(pub.read_bytes()).public_numbers() == key.public_key().public_numbers()
-    assert deploy.check_node_key(priv) == priv
+    assert check_node_key(priv) == priv
     with pytest.raises(DeployError, match="not an unencrypted OpenSSH private key"):
-        deploy.check_node_key(pub)
+        check_node_key(pub)
 
 
 # ----------------------------------------------------------------------------------- node config
 def test_node_config_needs_a_partition_in_range():
-    assert deploy.parse_node_config("partition-id=2 num-partitions=3") == {"partition-id": 2, "num-partitions": 3}
-    assert deploy.parse_node_config("partition-id=1", num_partitions=4) == {"partition-id": 1, "num-partitions": 4}
+    assert parse_node_config("partition-id=2 num-partitions=3") == {"partition-id": 2, "num-partitions": 3}
+    assert parse_node_config("partition-id=1", num_partitions=4) == {"partition-id": 1, "num-partitions": 4}
     with pytest.raises(DeployError, match="has no partition-id"):
-        deploy.parse_node_config("num-partitions=3")
+        parse_node_config("num-partitions=3")
     with pytest.raises(DeployError, match="has no partition-id"):
-        deploy.parse_node_config(None)
+        parse_node_config(None)
     with pytest.raises(DeployError, match="out of range for 3 partitions"):
-        deploy.parse_node_config("partition-id=3 num-partitions=3")
+        parse_node_config("partition-id=3 num-partitions=3")
     with pytest.raises(DeployError, match="non-negative integer"):
-        deploy.parse_node_config('partition-id="zero"')
+        parse_node_config('partition-id="zero"')
     with pytest.raises(DeployError, match="num_clients = 4"):
-        deploy.parse_node_config("partition-id=0 num-partitions=3", num_partitions=4)
+        parse_node_config("partition-id=0 num-partitions=3", num_partitions=4)
     cfg = {"partition-id": 0, "num-partitions": 3, "data-path": "/data/x.csv"}
-    assert deploy.parse_node_config(deploy.format_node_config(cfg)) == cfg
+    assert parse_node_config(format_node_config(cfg)) == cfg
 
 
 def test_addresses():
-    assert deploy.parse_address("10.0.0.5:9092") == ("10.0.0.5", 9092)
-    assert deploy.parse_address("fl.example.org", 9092) == ("fl.example.org", 9092)
-    assert deploy.parse_address("[::1]:8000") == ("::1", 8000)
+    assert parse_address("10.0.0.5:9092") == ("10.0.0.5", 9092)
+    assert parse_address("fl.example.org", 9092) == ("fl.example.org", 9092)
+    assert parse_address("[::1]:8000") == ("::1", 8000)
     with pytest.raises(DeployError, match="HOST:PORT"):
-        deploy.parse_address("host:99999")
+        parse_address("host:99999")
 
 
 # ------------------------------------------------------------------ the generated app and config
 def test_generated_app_passes_flowers_validation_and_has_no_federations(tmp_path):
     from flwr.cli.config_utils import load_and_validate
 
-    app = deploy.write_app_dir(tmp_path / "app")
+    app = write_app_dir(tmp_path / "app")
     config, warnings = load_and_validate(app / "pyproject.toml")  # checks the component modules too
     assert config["project"]["dependencies"] == []  # never torch: uv would fetch a CUDA build
     assert config["tool"]["flwr"]["app"]["components"] == {
-        "serverapp": "fedlr.run.deploy_app:server_app", "clientapp": "fedlr.clients.app:app"}
+        "serverapp": "fedlr.deploy.server_app:server_app", "clientapp": "fedlr.clients.app:app"}
     assert set(config["tool"]["flwr"]["app"]["config"]) == {"experiment", "run-dir", "run-name"}
     assert "federations" not in config["tool"]["flwr"]
     assert not warnings
@@ -156,12 +159,12 @@ def test_flwr_run_has_nothing_to_migrate_in_the_generated_app(tmp_path, monkeypa
     from flwr.cli.config_migration import migrate
 
     monkeypatch.setenv("FLWR_HOME", str(tmp_path / "home"))
-    app = deploy.write_app_dir(tmp_path / "app")
+    app = write_app_dir(tmp_path / "app")
     before = (app / "pyproject.toml").read_bytes()
     migrate(str(app), [], ignore_legacy_usage=True)
     assert (app / "pyproject.toml").read_bytes() == before
     # control: the same app with a legacy federations table does get rewritten
-    legacy = deploy.write_app_dir(tmp_path / "legacy") / "pyproject.toml"
+    legacy = write_app_dir(tmp_path / "legacy") / "pyproject.toml"
     legacy.write_text(legacy.read_text() + '\n[tool.flwr.federations]\ndefault = "sim"\n\n'
                       '[tool.flwr.federations.sim]\noptions.num-supernodes = 3\n')
     text = legacy.read_text()
@@ -172,25 +175,25 @@ def test_flwr_run_has_nothing_to_migrate_in_the_generated_app(tmp_path, monkeypa
 def test_flower_config_is_read_by_flower(tmp_path, monkeypatch, certs):
     from flwr.cli.flower_config import read_superlink_connection
 
-    deploy.write_flower_config(tmp_path / "home", "127.0.0.1:8000", certs.ca_cert, insecure=False)
+    write_flower_config(tmp_path / "home", "127.0.0.1:8000", certs.ca_cert, insecure=False)
     monkeypatch.setenv("FLWR_HOME", str(tmp_path / "home"))
     conn = read_superlink_connection(None)
-    assert conn.name == deploy.CONNECTION_NAME and conn.address == "127.0.0.1:8000"
+    assert conn.name == CONNECTION_NAME and conn.address == "127.0.0.1:8000"
     assert conn.root_certificates == str(certs.ca_cert.resolve()) and not conn.insecure
 
 
 def test_argv_disables_runtime_installs_and_requires_tls_for_auth(certs):
-    argv = deploy.superlink_argv(deploy.SuperLinkOptions(certs_dir=str(certs.ca_cert.parent), auth=True))
+    argv = superlink_argv(SuperLinkOptions(certs_dir=str(certs.ca_cert.parent), auth=True))
     assert "--disable-runtime-dependency-installation" in argv and "--enable-supernode-auth" in argv
     assert argv[argv.index("--ssl-certfile") + 1] == str(certs.server_cert.resolve())
     assert argv[argv.index("--fleet-api-address") + 1] == "0.0.0.0:9092"
     with pytest.raises(DeployError, match="requires TLS"):
-        deploy.superlink_argv(deploy.SuperLinkOptions(insecure=True, auth=True))
+        superlink_argv(SuperLinkOptions(insecure=True, auth=True))
 
 
 # -------------------------------------------------------------------------- ServerApp run config
 def test_run_config_to_experiment_and_run_dir(tmp_path, tiny_path):
-    from fedlr.run.deploy_app import experiment_from_run_config, run_dir_for
+    from fedlr.deploy.server_app import experiment_from_run_config, run_dir_for
 
     exp = load_experiment(tiny_path)
     assert experiment_from_run_config({"experiment": exp.to_json()}) == exp
@@ -209,13 +212,13 @@ def test_traffic_check():
     rows = [{"cumulative_uplink_bytes": 10, "cumulative_downlink_bytes": 5},
             {"cumulative_uplink_bytes": 100, "cumulative_downlink_bytes": 50}]
     info = {"network-traffic": {"inbound-bytes": 130, "outbound-bytes": 49}}
-    t = deploy.traffic_check(rows, info)
+    t = traffic_check(rows, info)
     assert (t["uplink_overhead_bytes"], t["downlink_overhead_bytes"], t["consistent"]) == (30, -1, False)
 
 
 # ------------------------------------------------------------------------ CLI: errors, nothing run
 def _closed_port() -> int:
-    return deploy.free_port()  # bound and released: nothing listens there
+    return free_port()  # bound and released: nothing listens there
 
 
 @pytest.mark.parametrize("args, message", [
@@ -254,9 +257,106 @@ def test_dry_run_prints_the_flower_command(certs, capsys):
 
 def test_certs_and_keys_commands(tmp_path, capsys):
     assert main(["deploy", "certs", str(tmp_path / "c"), "--host", "fl.example.org"]) == 0
-    assert deploy.check_server_certs(tmp_path / "c/server.pem", tmp_path / "c/server.key", tmp_path / "c/ca.crt",
+    assert check_server_certs(tmp_path / "c/server.pem", tmp_path / "c/server.key", tmp_path / "c/ca.crt",
                                      hosts=["fl.example.org", "127.0.0.1"])
     assert main(["deploy", "keys", str(tmp_path / "k"), "--nodes", "2"]) == 0
     assert sorted(p.name for p in (tmp_path / "k").iterdir()) == ["node-0", "node-0.pub", "node-1", "node-1.pub"]
     assert main(["deploy", "keys", str(tmp_path / "k"), "--nodes", "2"]) == 2  # no silent overwrite
     assert "refusing to overwrite" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ refused experiments: seeded DP noise
+def _dp(mode: str, *more: str) -> list[str]:
+    sets = ['method.name="fedit"', f'privacy.mode="{mode}"', "privacy.noise_multiplier=1.0", *more]
+    return [a for s in sets for a in ("--set", s)]
+
+
+@pytest.mark.parametrize("mode", ["sample", "client_central", "client_local"])
+@pytest.mark.parametrize("command", ["submit", "local", "supernode"])
+def test_deploy_refuses_seeded_noise_under_dp(command, mode, tiny_path, capsys):
+    """Seeded noise can be regenerated from the config and subtracted: every command that starts or
+    submits a run refuses it, exit 2, before contacting anything (the SuperLink address is closed,
+    so any later check would fail with another message)."""
+    closed = f"127.0.0.1:{free_port()}"
+    args = {"submit": ["submit", str(tiny_path), "--superlink", closed, "--insecure"],
+            "local": ["local", str(tiny_path), "--insecure"],
+            "supernode": ["supernode", "--experiment", str(tiny_path), "--partition-id", "0", "--insecure",
+                          "--superlink", closed]}[command]
+    assert main(["deploy", *args, *_dp(mode)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"fedlr: error: privacy.noise_source = 'seeded' under privacy.mode '{mode}'"), err
+    assert "privacy.noise_source = 'secure'" in err and err.count("\n") == 1
+
+
+def test_secure_noise_and_no_noise_are_deployable(tiny_path):
+    from fedlr.deploy.eligibility import deployment_refusal
+    from fedlr.deploy.server_app import experiment_from_run_config
+
+    def exp(*sets):
+        return load_experiment(tiny_path, ['method.name="fedit"', *sets])
+
+    for mode in ("sample", "client_central", "client_local"):
+        dp = ['privacy.mode="' + mode + '"', "privacy.noise_multiplier=1.0"]
+        assert deployment_refusal(exp(*dp, 'privacy.noise_source="secure"')) is None
+        assert "privacy.noise_source" in deployment_refusal(exp(*dp))
+        # the deployed ServerApp refuses it too, whatever submitted it
+        with pytest.raises(ConfigError, match="privacy.noise_source = 'seeded'"):
+            experiment_from_run_config({"experiment": exp(*dp).to_json()})
+    assert deployment_refusal(exp()) is None  # no DP: no noise to regenerate
+    # epsilon = inf trains without clipping or noise: nothing to regenerate either
+    assert deployment_refusal(exp('privacy.mode="client_central"', "privacy.target_epsilon=inf")) is None
+
+
+# ------------------------------------------------------------------ a SuperNode's own --experiment
+def test_a_different_server_experiment_is_named_by_section(tiny_path):
+    from fedlr.deploy.node_config import experiment_mismatch, section_fingerprints
+
+    mine = load_experiment(tiny_path)
+    node_config = parse_node_config(format_node_config({"partition-id": 1, "experiment-sections":
+                                                        section_fingerprints(mine)}))
+    assert experiment_mismatch(node_config, mine.to_json()) is None
+    # where the server writes is not what the node trains
+    assert experiment_mismatch(node_config, load_experiment(tiny_path, ["output.dir='/srv/runs'"]).to_json()) is None
+    other = load_experiment(tiny_path, ["train.local_steps=7", "seed=3"])
+    message = experiment_mismatch(node_config, other.to_json())
+    assert message.startswith("the server's experiment differs from this SuperNode's --experiment in seed, train:")
+    assert experiment_mismatch({"partition-id": 1}, other.to_json()) is None  # started without --experiment
+
+
+def test_the_client_app_warns_at_enrollment_when_the_experiments_differ(tiny_path, caplog):
+    from flwr.app import ConfigRecord, Context, Message, MessageType, Metadata, RecordDict
+
+    from fedlr.clients.app import enroll
+    from fedlr.deploy.node_config import section_fingerprints
+
+    mine = load_experiment(tiny_path)
+    meta = Metadata(run_id=1, message_id="q", src_node_id=0, dst_node_id=7, reply_to_message_id="", group_id="",
+                    created_at=0.0, ttl=60.0, message_type=MessageType.QUERY)
+    for server_exp, warned in ((mine, False), (load_experiment(tiny_path, ["train.batch_size=4"]), True)):
+        msg = Message(RecordDict({"config": ConfigRecord({"experiment": server_exp.to_json()})}), metadata=meta)
+        context = Context(run_id=1, node_id=7, node_config={"partition-id": 2, "experiment-sections":
+                                                           section_fingerprints(mine)},
+                          state=RecordDict(), run_config={})
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="fedlr"):
+            reply = enroll(msg, context)
+        assert reply.content["metrics"]["partition-id"] == 2  # enrollment goes on: the server's experiment rules
+        assert ("partition 2: the server's experiment differs from this SuperNode's --experiment in train"
+                in caplog.text) is warned, caplog.text
+
+
+# ------------------------------------------------------------------------ ports already taken
+def test_a_taken_port_is_one_line_naming_the_port_and_its_holder():
+    from fedlr.deploy.network import check_port_free
+
+    with socket.create_server(("127.0.0.1", 0)) as holder:
+        port = holder.getsockname()[1]
+        with pytest.raises(DeployError) as err:
+            check_port_free("127.0.0.1", port, "--port")
+        with pytest.raises(DeployError, match=f"--fleet-address: port {port} is already in use"):
+            check_port_free("0.0.0.0", port, "--fleet-address")  # all interfaces include the taken one
+    import os
+
+    assert str(err.value).startswith(f"--port: port {port} is already in use by pid {os.getpid()} (")
+    assert "\n" not in str(err.value)
+    check_port_free("127.0.0.1", port, "--port")  # released: free again

@@ -19,11 +19,13 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import InProcessGrid  # noqa: E402
 
 from fedlr import checkpoint  # noqa: E402
-from fedlr.config import ConfigError, deployment_refusal, load_experiment  # noqa: E402
+from fedlr.config import ConfigError, load_experiment  # noqa: E402
+from fedlr.deploy.eligibility import deployment_refusal  # noqa: E402
+from fedlr.deploy.submission import submit  # noqa: E402
+from fedlr.errors import DeployError  # noqa: E402
 from fedlr.results import RunDir  # noqa: E402
 from fedlr.results.console import Console  # noqa: E402
 from fedlr.results.rundir import read_ledger  # noqa: E402
-from fedlr.run.deploy import DeployError, submit  # noqa: E402
 from fedlr.workbench import get_workbench  # noqa: E402
 
 BYTES = ("uplink_bytes", "downlink_bytes")

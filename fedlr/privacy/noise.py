@@ -29,3 +29,18 @@ def noise_generator(source: str, seed: int, *purpose: object, device: torch.devi
         raise ValueError(f"privacy.noise_source {source!r} is not one of {SOURCES}")
     gen = torch.Generator(device=device)
     return gen.manual_seed(secrets.randbits(63) if source == "secure" else derive_seed(seed, *purpose))
+
+
+def deployment_noise_refusal(privacy) -> str | None:
+    """Why a real deployment must not run with these privacy settings, or None.
+
+    Seeded noise under DP is refused: anyone who holds the experiment (the server sends it to every
+    client; ``seeds.json`` publishes the recipe) regenerates each draw from (seed, purpose, round,
+    client) and subtracts it, which recovers the clipped update exactly — no privacy at all. ε = ∞
+    (``privacy.enabled`` false) draws no noise, so it is not refused."""
+    if privacy.enabled and privacy.noise_source == "seeded":
+        return (f"privacy.noise_source = 'seeded' under privacy.mode {privacy.mode!r}: seeded noise can be "
+                "regenerated from the experiment's seed and subtracted by anyone who has the config (the server and "
+                "every client do), so a deployment would release updates without privacy; set "
+                "privacy.noise_source = 'secure' (seeded noise is for reproducible simulations)")
+    return None

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from fedlr.errors import ConfigError
 from fedlr.results.pareto import mean_std
 
 MIB = 2**20
@@ -46,7 +47,7 @@ METRICS = ("final_accuracy", "best_accuracy", "epsilon", "delta", "uplink_MiB", 
            "wall_time_s")
 
 
-class ReportError(ValueError):
+class ReportError(ConfigError):
     """Nothing to report, or a run directory that cannot be read."""
 
 

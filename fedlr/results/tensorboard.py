@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fedlr.errors import ConfigError
+
 MIB = 2**20
 SCALARS = {  # ledger key -> (tag, scale)
     "eval_accuracy": ("accuracy/test", 1.0),
@@ -29,8 +31,8 @@ SCALARS = {  # ledger key -> (tag, scale)
 }
 
 
-class TensorBoardUnavailable(RuntimeError):
-    pass
+class TensorBoardUnavailable(ConfigError):
+    """Asked for TensorBoard without the tensorboard package (exit 2 before any work)."""
 
 
 def scalars_of(row: dict) -> dict[str, float]:

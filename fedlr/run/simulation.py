@@ -8,6 +8,7 @@ import logging
 import os
 
 from fedlr.config import Experiment
+from fedlr.errors import FedlrError
 from fedlr.results import RunDir
 from fedlr.results.console import Console
 
@@ -72,5 +73,7 @@ def simulate(exp: Experiment, run_dir: RunDir, console: Console, resume: bool = 
     return result
 
 
-class RunFailed(RuntimeError):
-    """The run went through every round but produced no result (its summary.json says why)."""
+class RunFailed(FedlrError, RuntimeError):
+    """The run went through every round but produced no result (its summary.json says why): exit 1."""
+
+    exit_code = 1

@@ -1,22 +1,6 @@
-"""The ServerApp that ``flwr run`` starts on a SuperLink (Flower's Deployment Engine).
+"""The **warm ClientApp worker** (``run_warm_worker``) beside a SuperNode.
 
-It is the simulation's server loop (``fedlr.run.server.run_server``) behind a ServerApp whose
-experiment comes from the run config instead of a Python closure, because in deployment the
-ServerApp runs in its own process (``flwr-serverapp``) started by the SuperLink:
-
-- ``run_config["experiment"]``: the resolved experiment as JSON (what ``Experiment.to_json``
-  writes) or the path of an experiment TOML readable on the SuperLink's machine;
-- ``run_config["run-dir"]``: the absolute path of the run directory to create on the SuperLink's
-  machine (empty: ``<output.dir>/<run-name>-<timestamp>`` as ``fedlr run`` does, relative to the
-  SuperLink's working directory);
-- ``run_config["run-name"]``: the name stem used when ``run-dir`` is empty.
-
-``fedlr deploy submit`` fills them in (``--run-config``); the ClientApp is the simulation's
-``fedlr.clients.app:app`` unchanged. Next to the usual run directory files it writes
-``deployment.json``: the Flower run id, Flower's version and the run config.
-
-The module also holds the **warm ClientApp worker** (``run_warm_worker``). Flower's stock
-SuperNode starts ``flower-superexec``, which starts a fresh ``flwr-clientapp`` process for every
+Flower's stock SuperNode starts ``flower-superexec``, which starts a fresh ``flwr-clientapp`` process for every
 message: each message then pays Python + torch + transformers imports and the model and corpus
 build (≈16 s of a 2-core machine for the tiny test model, against 0.6 s of training). A SuperNode
 started with ``--isolation process`` leaves task execution to an outside process instead; the warm
@@ -29,90 +13,11 @@ path; only the process that executes the ClientApp differs.
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
-
-import flwr
-from flwr.app import Context
-from flwr.serverapp import Grid, ServerApp
-
-from fedlr.config import (ConfigError, Experiment, deployment_refusal, experiment_from_dict, experiment_from_json,
-                          load_experiment)
-
-EXPERIMENT_KEY = "experiment"
-RUN_DIR_KEY = "run-dir"
-RUN_NAME_KEY = "run-name"
-DEPLOYMENT_FILE = "deployment.json"
 
 log = logging.getLogger("fedlr")
 
 
-def experiment_from_run_config(run_config: dict) -> Experiment:
-    """The experiment a run config names: JSON text, or a TOML path on this machine."""
-    value = str(run_config.get(EXPERIMENT_KEY, "")).strip()
-    if not value:
-        raise ConfigError(f"the run config has no '{EXPERIMENT_KEY}' (submit with `fedlr deploy submit`)")
-    if value.startswith("{"):
-        try:
-            exp = experiment_from_json(value)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"run config '{EXPERIMENT_KEY}' is not valid JSON: {e}") from None
-    else:
-        exp = load_experiment(value)
-    if (reason := deployment_refusal(exp)) is not None:
-        raise ConfigError(reason)
-    return exp
-
-
-def run_dir_for(exp: Experiment, run_config: dict):
-    """Create the run directory ``run_config`` asks for (see the module docstring). Its
-    ``config.toml`` is the experiment as submitted, and that experiment is what the clients get,
-    so repeated runs of one experiment reuse the warm workers' model (same fingerprint)."""
-    from fedlr.config import to_toml
-    from fedlr.results import RunDir
-
-    run_dir = str(run_config.get(RUN_DIR_KEY, "")).strip()
-    placed = exp
-    if run_dir:
-        path = Path(run_dir)
-        if not path.is_absolute():
-            raise ConfigError(f"run config '{RUN_DIR_KEY}' must be an absolute path, got {run_dir!r}")
-        data = exp.to_dict()
-        data["output"] = {**data["output"], "dir": str(path.parent), "name": path.name}
-        placed = experiment_from_dict(data)
-    rd = RunDir.create(placed, str(run_config.get(RUN_NAME_KEY, "")) or "deploy")
-    (rd.path / "config.toml").write_text(to_toml(exp))
-    return exp, rd
-
-
-def serve(grid: Grid, context: Context) -> dict:
-    """The ServerApp's body: experiment and run directory from the run config, then the same
-    server loop as a simulation."""
-    from fedlr.results.console import Console
-    from fedlr.run.server import run_server
-
-    run_config = dict(context.run_config)
-    exp = experiment_from_run_config(run_config)
-    exp, run_dir = run_dir_for(exp, run_config)
-    deployment = {"flwr_run_id": context.run_id, "flwr_version": flwr.__version__, "engine": "deployment",
-                  "run_config": {k: v for k, v in run_config.items() if k != EXPERIMENT_KEY}}
-    (run_dir.path / DEPLOYMENT_FILE).write_text(json.dumps(deployment, indent=2, sort_keys=True) + "\n")
-    console = Console(quiet=exp.output.quiet)
-    console.print(f"fedlr: {exp.method.name} on {exp.data.dataset}, {exp.federation.num_clients} SuperNodes, "
-                  f"Flower run {context.run_id}, run directory {run_dir.path}")
-    return run_server(grid, exp, run_dir, console)
-
-
-server_app = ServerApp()
-
-
-@server_app.main()
-def _main(grid: Grid, context: Context) -> None:
-    serve(grid, context)
-
-
-# ------------------------------------------------------------------------------ warm ClientApp worker
 def _run_task(token: str, runtime_api_address: str, apps: dict) -> str:
     """Execute one ClientApp task (what ``flwr-clientapp --token`` does, in this process);
     returns the task's final sub-status."""
