@@ -147,8 +147,10 @@ class LocalDeployment:
 @contextlib.contextmanager
 def _sigterm_unwinds():
     """SIGTERM raises SystemExit in the main thread while inside, so ``finally`` blocks run (the
-    process tree is stopped, the key folder removed) as they do for Ctrl-C."""
+    process tree is stopped, the key folder removed) as they do for Ctrl-C; a second SIGTERM is
+    ignored so that it cannot cut that cleanup short."""
     def unwind(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise SystemExit(128 + signum)
 
     previous = signal.signal(signal.SIGTERM, unwind)
