@@ -45,7 +45,7 @@ class Workbench:
 
     @property
     def privacy_mode(self) -> modes.PrivacyMode:
-        """The privacy mode in effect (``fedlr.privacy.modes``)."""
+        """The privacy mode that applies to this run (``fedlr.privacy.modes.privacy_mode``)."""
         return modes.privacy_mode(self.exp.privacy)
 
     @cached_property

@@ -77,8 +77,8 @@ class MethodSpec:
         return _matches(param_name, self.broadcast)
 
     def exact_under(self, combines_updates: bool) -> bool:
-        """Whether the run's aggregation is exact when the privacy mode in effect does (or does
-        not) combine the accepted updates into one before the method aggregates them
+        """Whether the run's aggregation is exact when the run's privacy mode does (or does not)
+        combine the accepted updates into one before the method aggregates them
         (``fedlr.privacy.modes.PrivacyMode.combines_updates``)."""
         return self.exact and (self.exact_on_combined_update or not combines_updates)
 
