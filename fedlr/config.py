@@ -192,12 +192,23 @@ class TrainConfig(_Section):
     local_steps: int = Field(10, gt=0, description="optimizer steps per client per round")
     batch_size: int = Field(16, gt=0)
     optimizer: Literal["adamw", "sgd"] = "adamw"
+    momentum: float = Field(
+        0.0, ge=0, lt=1, description="sgd: heavy-ball momentum m (v ← m·v + g, θ ← θ − lr·v; torch.optim.SGD); "
+        "0 is plain SGD. Under DP-SGD it acts on the noised gradient (post-processing)")
     lr: float = Field(2e-3, gt=0)
     head_lr: float | None = Field(None, gt=0, description="learning rate of the head (default: lr)")
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float | None = Field(
         1.0, gt=0, description="batch-gradient clipping (non-DP; under privacy.mode 'sample' the per-example "
         "bound privacy.max_grad_norm replaces it)")
+
+    @model_validator(mode="after")
+    def _momentum_needs_sgd(self) -> "TrainConfig":
+        if self.momentum and self.optimizer != "sgd":
+            raise ValueError(f"train.momentum = {self.momentum:g} applies to train.optimizer 'sgd' only "
+                             f"({self.optimizer!r} keeps its own moment estimates); set train.optimizer = 'sgd' "
+                             "or train.momentum = 0")
+        return self
 
 
 class PrivacyConfig(_Section):

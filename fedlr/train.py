@@ -32,7 +32,7 @@ def make_optimizer(params: list[nn.Parameter], head_params: list[nn.Parameter], 
         groups.append({"params": list(head_params), "lr": cfg.head_lr or cfg.lr})
     groups = [g for g in groups if g["params"]]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
