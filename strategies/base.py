@@ -1,24 +1,24 @@
-"""The FedAvg-family strategy every fedlr method runs on (Flower Message API, 1.39/1.41).
+"""The Flower strategy every fedlr method runs on (Flower Message API, 1.39), over pure parts:
 
-It subclasses ``flwr.serverapp.strategy.FedAvg`` and overrides
-- ``configure_train``: clients sampled from the experiment seed over partition ids; each message
-  carries the global trained tensors and, on a client's first participation, the tensors the
-  method broadcasts once (Fed-SB's B and A);
-- ``aggregate_train``: drops error replies, sorts the rest by partition id, rejects malformed
-  updates (missing/extra keys, wrong shape or dtype, NaN/Inf) with a logged reason, and calls the
-  method's pure ``aggregate`` — sample-weighted, or under client-level DP on the uniform
-  (``client_local``) or clipped-and-noised fixed-denominator (``client_central``) mean update;
-- ``start``: fedlr's round loop (enrollment, an optional init round, rounds, central evaluation,
-  one ``LedgerRow`` per round for the ledger, a checkpoint after each round).
-Resume (``fedlr run --resume``): ``checkpoint_state`` is everything the loop carries from one
-round to the next (the global and once-broadcast tensors, who holds them, L-GreCo's choice and
-input, the clients' last ε, the federation accountant, the byte totals); ``run(resume=...)``
-restores it, tells every client in the enrollment query which round to restore its own state
-to, and continues. Every random draw derives from (seed, purpose, round), so no RNG state is kept.
-Bytes are counted from the ArrayRecords actually sent and received (``ArrayRecord.count_bytes``).
+- ``strategies.downlink.Downlink``: the training messages (dense or compressed broadcast,
+  once-sent tensors, L-GreCo's assignment) and their bytes;
+- ``strategies.collector.ReplyCollector``: replies → accepted updates and typed failures;
+- ``strategies.state.ServerState``: everything carried between rounds (a checkpoint);
+- ``aggregate`` (here): the privacy mode's combine, then the method's pure aggregation.
+
+``FedLRStrategy`` subclasses ``flwr.serverapp.strategy.FedAvg`` and keeps Flower's contract:
+``configure_train`` / ``aggregate_train`` per round, and ``start(grid, initial_arrays,
+num_rounds, ...)`` returning ``flwr.serverapp.strategy.Result``. ``start`` is fedlr's round loop:
+enrollment (every client gets the experiment and answers its partition id), an optional init
+round 0, the rounds, central evaluation through Flower's ``evaluate_fn``, one ``LedgerRow`` per
+round (``on_round``) and a checkpoint after each (``checkpoint``). Resume: build the strategy with
+``resume=ServerState.from_state(...)``; the enrollment query then tells every client which round
+to restore its own state to.
+
 Privacy (``fedlr.privacy``): each row carries the cumulative ε — the largest of any client's
-(sample-level and ``client_local``: clients report their own accountant's ε) or the federation's
-(``client_central``: the server's accountant composes one release per round).
+(sample-level and ``client_local``: ``strategies.client_epsilon``, which also charges the rounds
+of clients whose reply was late or rejected) or the federation's (``client_central``: the
+server's accountant composes one release per round).
 """
 
 from __future__ import annotations
@@ -26,331 +26,193 @@ from __future__ import annotations
 import logging
 import math
 import time
+from functools import cached_property
 from typing import Callable, Iterable
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAvg, Result
 
+from fedlr.compression.pipeline import decode_update, planned_bytes
 from fedlr.config import Experiment
-from fedlr.methods import MethodSpec
-from fedlr.results.ledger import LedgerRow
-from fedlr.privacy.client_level import global_norm
-from fedlr.privacy.federation_accountant import FederationAccountant
-from fedlr.privacy.modes import privacy_mode
+from fedlr.methods import MethodSpec, fed_sb, get_method
+from fedlr.privacy.modes import PrivacyMode, privacy_mode
 from fedlr.privacy.planning import PrivacyPlan
-from fedlr.compression.base import canonical_keys
-from fedlr.compression.pipeline import (choose_assignment, decode_update, encode_broadcast, planned_bytes,
-                                       should_reselect)
-from fedlr.run.records import (BASE_ROUND_KEY, BROADCAST_KEY, FUSED_ACTION, FUSED_KEY, KEEP_FROM_KEY, PARTITION_KEY,
-                               RESUME_ROUND_KEY, STATE_DIR_KEY, experiment_config, from_record, fused_key,
-                               payload_record, record_payload, to_record)
-from fedlr.seeding import torch_generator
+from fedlr.results.ledger import LedgerRow
+from fedlr.run.records import from_record, record_payload, to_record
 from fedlr.sampling import sample_clients
-from fedlr.validation import at_rank, expected_of, update_problem
+from fedlr.strategies.client_epsilon import client_epsilons
+from fedlr.strategies.collector import WEIGHT_KEY, Collected, ReplyCollector, ReplyPolicy, served_partitions
+from fedlr.strategies.downlink import Downlink
+from fedlr.strategies.enrollment import enroll
+from fedlr.strategies.fed_sb import federated_init
+from fedlr.strategies.state import ServerState
+from fedlr.validation import at_rank, expected_of
 from fedlr.wire import record_wire_bytes
 
 log = logging.getLogger("fedlr")
-ENROLL_BATCH = 256  # enrollment queries in flight at once
 State = dict[str, torch.Tensor]
+INIT_ROUNDS = {fed_sb.INIT_ROUND: federated_init}  # the strategy hook each MethodSpec.init_round names
 
 
 class FedLRStrategy(FedAvg):
-    def __init__(self, exp: Experiment, spec: MethodSpec, state: State, once_state: State,
-                 target_weights: dict[str, tuple[tuple[int, ...], torch.dtype]],
-                 evaluate: Callable[[State, State], tuple[float, float]] | None = None,
-                 on_round: Callable[[LedgerRow], None] | None = None, privacy: PrivacyPlan | None = None,
-                 checkpoint: Callable[[int, dict], None] | None = None, client_state_dir: str | None = None):
+    """``exp``: the experiment every client receives at enrollment. ``privacy``: its privacy plan
+    (default: the workbench's, from the clients' dataset sizes). ``on_round``: given every ledger
+    row; ``checkpoint(round, payload)`` after every round; ``client_state_dir``: where simulated
+    clients snapshot their state; ``resume``: the server state to continue from."""
+
+    def __init__(self, exp: Experiment, *, privacy: PrivacyPlan | None = None,
+                 on_round: Callable[[LedgerRow], None] | None = None,
+                 checkpoint: Callable[[int, dict], None] | None = None, client_state_dir: str | None = None,
+                 resume: ServerState | None = None):
         fed = exp.federation
         super().__init__(
             fraction_train=fed.clients_per_round / fed.num_clients, fraction_evaluate=0.0,
             min_train_nodes=fed.clients_per_round, min_evaluate_nodes=0, min_available_nodes=fed.num_clients,
         )
         self.exp = exp
-        self.spec = spec
-        self.state = state
-        self.once_state = once_state
-        self.target_weights = target_weights  # "<layer>.base.weight" -> (shape, dtype), for init rounds
-        self.evaluate = evaluate
-        self.on_round = on_round or (lambda report: None)
-        self.checkpoint = checkpoint  # (round, checkpoint_state()) after every round
-        self.client_state_dir = client_state_dir  # where simulated clients snapshot their state
-        self.resume_round = -1  # the round a resumed run restarts after (-1: a fresh run)
-        self._wall_offset = 0.0  # wall time the run had spent before it was resumed
-        self.node_of: dict[int, int] = {}  # partition id -> Flower node id
-        self.sent_to: dict[str, list[int]] = {}  # message id -> the partition ids it serves, for the last exchange
-        self.assignment: dict[str, int] | None = None  # L-GreCo's per-tensor codec parameters
-        self.last_aggregate: State | None = None  # θ_t − θ_{t−1} of the uploaded tensors (L-GreCo's input)
-        self.has_once: set[int] = set()  # partition ids that already hold the once-broadcast tensors
-        self.downlink_state: State = {}  # compression.downlink: the reference B_t clients hold, the codec's warm start
-        self.holds_broadcast: dict[int, int] = {}  # partition id -> the round whose broadcast B_t it holds
-        self.report: LedgerRow | None = None
-        self._totals = [0, 0]
-        self.privacy = privacy
-        self.privacy_mode = privacy_mode(exp.privacy)
-        self.client_epsilon: dict[int, float] = {}  # last cumulative ε each client reported
-        self.federation_accountant = self.privacy_mode.server_accountant(privacy, fed.num_clients,
-                                                                         fed.clients_per_round)
+        self.spec: MethodSpec = get_method(exp.method.name)
+        self._privacy = privacy
+        self.privacy_mode: PrivacyMode = privacy_mode(exp.privacy)
+        self.on_round = on_round or (lambda row: None)
+        self.checkpoint = checkpoint
+        self.client_state_dir = client_state_dir
+        self.resumed = resume is not None
+        self.server: ServerState | None = resume  # a fresh one from ``start``'s initial arrays otherwise
+        self.downlink = Downlink(exp, self.spec)
+        self.node_of: dict[int, int] = {}  # partition id -> Flower node id, from enrollment
+        self.sent_to: dict[str, list[int]] = {}  # message id -> partition ids it serves, for the last exchange
+        self.row: LedgerRow | None = None  # the round in progress
 
-    def update_keys(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    @cached_property
+    def privacy(self) -> PrivacyPlan | None:
+        if self._privacy is not None or not self.exp.privacy.enabled:
+            return self._privacy
+        return self.workbench.privacy
+
+    @property
+    def workbench(self):
+        """The server's model and data for this experiment (``fedlr.workbench``): the initial
+        adapter state, central evaluation, the clients' dataset sizes for the privacy plan."""
+        from fedlr.workbench import get_workbench
+
+        return get_workbench(self.exp)
+
+    def initial_arrays(self) -> ArrayRecord:
+        """The global state a run starts from: the adapters as the seed initializes them."""
+        return to_record(self.workbench.adapted.round_state())
+
+    def central_evaluation(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        """An ``evaluate_fn`` for ``start``: the whole model on the central test split."""
+        res = self.workbench.central_eval(from_record(arrays), {})
+        return MetricRecord({"loss": res.loss, "accuracy": res.accuracy})
+
+    def fresh_state(self, state: State | None = None) -> ServerState:
+        """A run's server state before round 0, holding the global ``state``."""
+        fed = self.exp.federation
+        accountant = self.privacy_mode.server_accountant(self.privacy, fed.num_clients, fed.clients_per_round)
+        return ServerState(state=dict(state or {}), federation_accountant=accountant)
+
+    # ---------------------------------------------------------------- what the server expects
+    def update_keys(self, state: State) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         """What each client uploads: every state tensor but the per-round broadcast ones (FedSVD's A)."""
-        return expected_of({k: v for k, v in self.state.items() if not self.spec.is_broadcast(k)})
+        return expected_of({k: v for k, v in state.items() if not self.spec.is_broadcast(k)})
 
-    def expected_from(self, pid: int, expected):
-        """``expected`` for client ``pid``: with ``method.client_ranks`` its LoRA factors at its own rank."""
-        return at_rank(expected, self.exp.method.client_rank(pid)) if self.exp.method.client_ranks else expected
+    def reply_policy(self, server_round: int, server: ServerState) -> ReplyPolicy:
+        """What a training reply of ``server_round`` must satisfy: each client's update keys at its
+        own rank (``method.client_ranks``), decoded by the round's codec, no larger than the plan
+        allows, within the clipping bound under ``client_central``, and with a positive example
+        count when updates are weighted by it."""
+        expected, method, cfg = self.update_keys(server.state), self.exp.method, self.exp.compression
 
-    # ---------------------------------------------------------------- enrollment
-    def enroll(self, grid: Grid) -> None:
-        """Wait for every client, send it the experiment, learn its partition id."""
-        want = self.exp.federation.num_clients
-        deadline = time.monotonic() + self.exp.federation.enroll_timeout_s
-        while len(node_ids := list(grid.get_node_ids())) < want:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"only {len(node_ids)} of {want} clients connected")
-            time.sleep(0.5)
-        query = experiment_config(self.exp.to_json())
-        query[RESUME_ROUND_KEY] = self.resume_round
-        if self.client_state_dir is not None:
-            query[STATE_DIR_KEY] = self.client_state_dir
-        content = RecordDict({"config": query})
-        # in batches: a SuperLink's in-memory LinkState scans every stored message for each node
-        # that pulls, so N queries at once would cost N² per pull interval (the simulation's poller
-        # scans once per poll instead: fedlr.run.engine_poll)
-        for start in range(0, len(node_ids), ENROLL_BATCH):
-            batch = node_ids[start:start + ENROLL_BATCH]
-            msgs = [Message(content, dst_node_id=n, message_type=MessageType.QUERY) for n in batch]
-            for reply in grid.send_and_receive(msgs, timeout=self.exp.federation.enroll_timeout_s):
-                if reply.has_error():
-                    raise RuntimeError(f"client enrollment failed: {reply.error.reason}")
-                pid = int(reply.content["metrics"][PARTITION_KEY])
-                self.node_of[pid] = reply.metadata.src_node_id
-        missing = sorted(set(range(want)) - set(self.node_of))
-        if missing:
-            raise RuntimeError(f"no client reported partition ids {missing}")
+        def expected_from(pid: int):
+            return at_rank(expected, method.client_rank(pid)) if method.client_ranks else expected
 
-    # ---------------------------------------------------------------- hooks
-    def initialize(self, grid: Grid, report: LedgerRow) -> None:
-        """Round 0 work before training; the base methods need none."""
+        def max_bytes(want) -> int:
+            shapes = {k: shape for k, (shape, _) in want.items()}
+            if cfg.active:
+                return planned_bytes(shapes, cfg, server_round=server_round, assignment=server.assignment)
+            return record_wire_bytes([(k, math.prod(shape)) for k, shape in shapes.items()])
+
+        def decode(record: ArrayRecord, want) -> State:
+            if not cfg.active:
+                return from_record(record)
+            shapes = {k: shape for k, (shape, _) in want.items()}
+            return decode_update(record_payload(record), cfg, shapes, server_round=server_round,
+                                 assignment=server.assignment)
+
+        return ReplyPolicy(expected_from, self.exp.federation.round_timeout_s, decode=decode, max_bytes=max_bytes,
+                           norm_bound=self.privacy_mode.update_norm_bound(self.privacy), weight_key=WEIGHT_KEY)
+
+    def collector(self, policy: ReplyPolicy) -> ReplyCollector:
+        """A collector for the last exchange's replies (routing from enrollment)."""
+        return ReplyCollector(policy, {node: pid for pid, node in self.node_of.items()}, self.sent_to)
+
+    # ---------------------------------------------------------------- Flower's round hooks
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        fed = self.exp.federation
+        pids = sample_clients(self.exp.seed, server_round, fed.num_clients, fed.clients_per_round)
+        self.row.clients_sampled = pids
+        messages, sent = self.downlink.messages(server_round, pids, self.node_of, self.server, arrays)
+        self.row.downlink_bytes += sent
+        return messages
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        collected = self.collector(self.reply_policy(server_round, self.server)).collect(
+            server_round, replies, self.row.clients_sampled)
+        if not self.aggregate(self.server, self.row, collected):
+            return None, None
+        return to_record(self.server.state), train_metrics(self.row)
 
     def exchange(self, grid: Grid, messages: list[Message]) -> Iterable[Message]:
-        """Send and wait for replies; remember which partition each message went to (Flower sets
+        """Send and wait for replies; remember which partitions each message served (Flower sets
         the message ids when it pushes them)."""
         partition_of = {node: pid for pid, node in self.node_of.items()}
         replies = grid.send_and_receive(messages, timeout=self.exp.federation.round_timeout_s)
         self.sent_to = {m.metadata.message_id: served_partitions(m, partition_of) for m in messages}
         return replies
 
-    # ---------------------------------------------------------------- train
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
-        fed = self.exp.federation
-        pids = sample_clients(self.exp.seed, server_round, fed.num_clients, fed.clients_per_round)
-        self.report.clients_sampled = pids
-        assignment = self.assignment_record(server_round)
-        if self.spec.fresh:  # FLoRA: each client draws its fresh adapters from the seed at its own rank
-            arrays = ArrayRecord(array_dict={k: a for k, a in arrays.items() if not self.spec.is_fresh(k)})
-        arrays, delta = self.broadcast(server_round, arrays)
-        if fed.fused_clients > 1:
-            return self.fused_messages(server_round, pids, arrays)
-        messages = []
-        for pid in pids:
-            config = ConfigRecord({"server-round": server_round, KEEP_FROM_KEY: self.keep_from(server_round)})
-            if delta is not None and self.holds_broadcast.get(pid) == server_round - 1:
-                config[BASE_ROUND_KEY] = server_round - 1  # the client rebuilds B_t from its B_{t-1}
-                content = RecordDict({BROADCAST_KEY: delta, "config": config})
-                self.report.downlink_bytes += delta.count_bytes()
-            else:
-                content = RecordDict({"arrays": arrays, "config": config})
-                self.report.downlink_bytes += arrays.count_bytes()
-            if assignment is not None:
-                content["assignment"] = assignment
-                self.report.downlink_bytes += assignment.count_bytes()
-            if self.once_state and pid not in self.has_once:
-                once = to_record(self.once_state)
-                content["once"] = once
-                self.report.downlink_bytes += once.count_bytes()
-            messages.append(Message(content, dst_node_id=self.node_of[pid], message_type=MessageType.TRAIN))
-        return messages
-
-    def fused_messages(self, server_round: int, pids: list[int], arrays: ArrayRecord) -> list[Message]:
-        """``federation.fused_clients`` = K (simulation): the sampled clients in groups of up to K,
-        one message per group to its first client's worker, which trains them all in one pass
-        (``fedlr.fused``). The ledger counts what each client would receive on its own — the model,
-        and the once-broadcast tensors on its first participation — as the plan does; the group
-        shares one copy inside the simulation."""
-        k = self.exp.federation.fused_clients
-        once = to_record(self.once_state) if self.once_state else None
-        messages = []
-        for start in range(0, len(pids), k):
-            group = pids[start:start + k]
-            config = ConfigRecord({"server-round": server_round, KEEP_FROM_KEY: self.keep_from(server_round),
-                                   FUSED_KEY: group})
-            content = RecordDict({"arrays": arrays, "config": config})
-            if once is not None:
-                content["once"] = once
-            first_time = sum(pid not in self.has_once for pid in group)
-            self.report.downlink_bytes += len(group) * arrays.count_bytes() + (first_time * once.count_bytes() if once else 0)
-            messages.append(Message(content, dst_node_id=self.node_of[group[0]], message_type=FUSED_ACTION))
-        return messages
-
-    def broadcast(self, server_round: int, arrays: ArrayRecord) -> tuple[ArrayRecord, ArrayRecord | None]:
-        """What travels down: the dense model, and under ``compression.downlink`` the dense
-        reference B_t plus the compressed B_t − B_{t−1} for clients that hold B_{t−1}
-        (``fedlr.compression.pipeline.encode_broadcast``; the server's error feedback is in
-        ``downlink_state``). Clients train from B_t; the server aggregates into its exact θ."""
-        cfg = self.exp.compression
-        if not cfg.downlink:
-            return arrays, None
-        gen = torch_generator(self.exp.seed, "compress-downlink", server_round)
-        sent = encode_broadcast(from_record(arrays), cfg, self.downlink_state, gen, server_round=server_round,
-                                assignment=self.assignment)
-        self.downlink_state = sent.server_state
-        delta = payload_record(sent.payload) if sent.payload is not None else None
-        return to_record(sent.reference), delta
-
-    def keep_from(self, server_round: int) -> int:
-        """The oldest round the server may still resume from once this round is checkpointed:
-        clients keep the state snapshots a resume from there needs."""
-        return max(0, server_round - self.exp.output.keep_checkpoints)
-
-    def assignment_record(self, server_round: int) -> ArrayRecord | None:
-        """L-GreCo (``compression.adaptive = 'lgreco'``): every ``reselect_every`` rounds the server
-        re-chooses each tensor's codec parameter from the last aggregate update; every client gets
-        the same choice (an int32 per tensor, counted in the downlink), so message sizes reveal
-        nothing about a client."""
-        cfg = self.exp.compression
-        if cfg.adaptive != "lgreco":
-            return None
-        if self.last_aggregate is not None and should_reselect(cfg, server_round):
-            self.assignment = choose_assignment(self.last_aggregate, cfg)
-        if self.assignment is None:
-            return None
-        keys = canonical_keys(self.assignment)
-        return to_record({"assignment": torch.tensor([self.assignment[k] for k in keys], dtype=torch.int32)})
-
-    def decode(self, record: ArrayRecord, array_key: str, expected) -> State:
-        """The tensors a reply stands for: compressed updates are decoded (``PayloadError`` on
-        anything malformed), everything else read as is."""
-        cfg = self.exp.compression
-        if array_key != "arrays" or not cfg.active:
-            return from_record(record)
-        shapes = {k: shape for k, (shape, _) in expected.items()}
-        return decode_update(record_payload(record), cfg, shapes, server_round=self.report.round,
-                             assignment=self.assignment)
-
-    def collect(self, replies: Iterable[Message], array_key: str, expected) -> list[tuple[int, State, MetricRecord]]:
-        """Valid replies as (partition id, tensors, metrics) sorted by partition id. Error replies,
-        sampled clients that never replied (timeout) and rejected updates
-        (``fedlr.validation.update_problem`` against ``expected``) are recorded in the report."""
-        rep = self.report
-        accepted, heard = [], set()
-        for pid, error, content in self.client_replies(replies, array_key):
-            heard.add(pid)
-            if error is not None:
-                self._fail(pid, "error", error)
-                continue
-            rep.clients_replied += 1
-            received = sum(rec.count_bytes() for rec in content.array_records.values())
-            rep.uplink_bytes += received
-            try:
-                metrics = content["metrics"]
-                want = self.expected_from(pid, expected)
-                reason = self.size_problem(received, array_key, want)
-                if reason is None:
-                    tensors = self.decode(content[array_key], array_key, want)
-                    reason = update_problem(tensors, want) or self.norm_problem(tensors, array_key)
-                weight = float(metrics["num-examples"])
-                if reason is None and not weight > 0:
-                    reason = f"num-examples {weight} is not positive"
-            except Exception as e:  # malformed payload
-                reason = f"malformed reply: {type(e).__name__}: {e}"
-            if reason is not None:
-                rep.clients_rejected += 1
-                rep.failures.append({"partition": pid, "kind": "rejected", "reason": reason})
-                log.warning("round %d: rejected update from partition %d: %s", rep.round, pid, reason)
-                continue
-            accepted.append((pid, tensors, metrics))
-        for pid in sorted(set(rep.clients_sampled) - heard):
-            self._fail(pid, "timeout", f"no reply within {self.exp.federation.round_timeout_s} s")
-        accepted.sort(key=lambda t: t[0])
-        return accepted
-
-    def client_replies(self, replies: Iterable[Message], array_key: str):
-        """(partition id, error reason or None, content) for each client a reply answers for: a
-        fused reply (``fused_messages``) stands for every client of its group, each client's
-        arrays and metrics under its own keys."""
-        partition_of = {node: pid for pid, node in self.node_of.items()}
-        for msg in replies:
-            # a reply the SuperLink wrote for a dead node comes from the SuperLink's own id: find
-            # the partitions through the message it answers
-            pids = self.sent_to.get(msg.metadata.reply_to_message_id,
-                                    [partition_of.get(msg.metadata.src_node_id, -1)])
-            for pid in pids:
-                if msg.has_error():
-                    yield pid, msg.error.reason, None
-                elif msg.metadata.message_type != FUSED_ACTION:
-                    yield pid, None, msg.content
-                else:
-                    keys = {kind: fused_key(kind, pid) for kind in (array_key, "metrics")}
-                    yield pid, None, RecordDict({kind: msg.content[key] for kind, key in keys.items()
-                                                 if key in msg.content})
-
-    def size_problem(self, received: int, array_key: str, expected) -> str | None:
-        """A training reply larger than the plan allows: the dense record of the expected tensors,
-        or the codec's payload for this round's parameters (sizes are data-independent)."""
-        if array_key != "arrays":
-            return None
-        shapes = {k: shape for k, (shape, _) in expected.items()}
-        if self.exp.compression.active:
-            allowed = planned_bytes(shapes, self.exp.compression, server_round=self.report.round,
-                                    assignment=self.assignment)
-        else:
-            allowed = record_wire_bytes([(k, math.prod(shape)) for k, shape in shapes.items()])
-        return None if received <= allowed else f"{received} bytes received, more than the {allowed} the plan allows"
-
-    def norm_problem(self, update: State, array_key: str) -> str | None:
-        """Under ``client_central`` every update must lie within the clipping bound S the server's
-        noise is calibrated for (a client that skipped clipping would break the guarantee)."""
-        bound = self.privacy_mode.update_norm_bound(self.privacy)
-        if array_key != "arrays" or bound is None:
-            return None
-        norm = global_norm(update)
-        return None if norm <= bound * (1 + 1e-4) else f"update norm {norm:.6g} exceeds the clipping bound S = {bound}"
-
-    def _fail(self, pid: int, kind: str, reason: str) -> None:
-        self.report.clients_failed += 1
-        self.report.failures.append({"partition": pid, "kind": kind, "reason": reason})
-        log.warning("round %d: client %d failed (%s): %s", self.report.round, pid, kind, reason)
-
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
-        accepted = self.collect(replies, "arrays", self.update_keys())
-        if self.federation_accountant is not None:
-            self.federation_accountant.compose(1)  # a release every round, even one that carries no update
-        for pid, _, metrics in accepted:
-            self.has_once.add(pid)  # it trained with them (a failed client gets them again)
-            self.holds_broadcast[pid] = server_round  # it rebuilt B_t and keeps it for next round's delta
-            if "epsilon" in metrics:
-                self.client_epsilon[pid] = float(metrics["epsilon"])
+    # ---------------------------------------------------------------- aggregation (no grid)
+    def aggregate(self, server: ServerState, row: LedgerRow, collected: Collected) -> bool:
+        """Fold one round's collected replies into ``server`` and ``row``: counts, failures and
+        bytes; the privacy bookkeeping; then — with at least ``federation.min_replies`` accepted
+        updates — the new global state (the privacy mode's combine, then the method's pure
+        aggregation). Returns whether the round aggregated."""
+        server_round = row.round
+        collected.record(row)
+        if server.federation_accountant is not None:
+            server.federation_accountant.compose(1)  # a release every round, even one that carries no update
+        elif self.privacy_mode.client_accountant:  # a sampled client may have released, whatever its reply
+            for pid in row.clients_sampled:
+                server.sampled_rounds[pid] = server.sampled_rounds.get(pid, 0) + 1
+        accepted = collected.accepted
+        for a in accepted:
+            server.has_once.add(a.partition)  # it trained with them (a failed client gets them again)
+            server.holds_broadcast[a.partition] = server_round  # it rebuilt B_t, kept for next round's delta
+            if "epsilon" in a.metrics:
+                server.client_epsilon[a.partition] = float(a.metrics["epsilon"])
+                server.reported_rounds[a.partition] = server.reported_rounds.get(a.partition, 0) + 1
         needed = self.exp.federation.min_replies
         if len(accepted) < needed:
             log.warning("round %d: %d valid update(s), fewer than federation.min_replies = %d; the global "
                         "state is unchanged", server_round, len(accepted), needed)
-            return None, None
-        self.report.aggregated = True
-        updates = [u for _, u, _ in accepted]
-        previous = self.state
+            return False
+        row.aggregated = True
+        updates = [a.update for a in accepted]
+        previous = server.state
         # the privacy mode combines them: as they are, sample-weighted; or one uniform (client_local) or
         # clipped-and-noised fixed-denominator (client_central) mean
         combined, weights = self.privacy_mode.combine(
-            updates, [float(m["num-examples"]) for _, _, m in accepted], self.privacy,
+            updates, [float(a.metrics[WEIGHT_KEY]) for a in accepted], self.privacy,
             self.exp.federation.clients_per_round, self.exp.privacy.noise_source, self.exp.seed, server_round)
-        self.state = self.spec.aggregate(self.state, combined, weights, **self.round_context(server_round))
-        self.last_aggregate = {k: self.state[k] - previous[k] for k in updates[0]}
-        self.report.train_loss = _weighted(accepted, "train_loss", "num-examples")
-        self.report.client_val_accuracy = _weighted(accepted, "val_accuracy", "val_examples")
-        return to_record(self.state), None
+        server.state = self.spec.aggregate(server.state, combined, weights, **self.round_context(server_round))
+        server.last_aggregate = {k: server.state[k] - previous[k] for k in updates[0]}
+        row.train_loss = _weighted(accepted, "train_loss", WEIGHT_KEY)
+        row.client_val_accuracy = _weighted(accepted, "val_accuracy", "val_examples")
+        return True
 
     def round_context(self, server_round: int) -> dict:
         """What FedEx-LoRA and FLoRA's aggregation needs beyond the updates."""
@@ -358,87 +220,85 @@ class FedLRStrategy(FedAvg):
             return {}
         return {"scale": self.exp.method.scale, "server_round": server_round, "seed": self.exp.seed}
 
-    # ---------------------------------------------------------------- loop
-    def checkpoint_state(self, server_round: int) -> dict:
-        """Everything the next round needs (plain values and tensors: ``fedlr.checkpoint``)."""
-        return {
-            "round": server_round, "state": self.state, "once_state": self.once_state,
-            "has_once": sorted(self.has_once), "assignment": self.assignment, "last_aggregate": self.last_aggregate,
-            "client_epsilon": {str(k): v for k, v in self.client_epsilon.items()},
-            "federation_accountant": (self.federation_accountant.state_dict()
-                                      if self.federation_accountant is not None else None),
-            "totals": list(self._totals), "fingerprint": self.exp.fingerprint(),
-            "wall_time_s": self.report.wall_time_s, "downlink_state": self.downlink_state,
-            "holds_broadcast": {str(k): v for k, v in self.holds_broadcast.items()},
-        }
-
-    def restore(self, saved: dict) -> None:
-        """Continue after the checkpointed round (the inverse of ``checkpoint_state``)."""
-        if saved["fingerprint"] != self.exp.fingerprint():
-            raise RuntimeError("the checkpoint was written by a different experiment configuration")
-        self.resume_round = int(saved["round"])
-        self.state, self.once_state = dict(saved["state"]), dict(saved["once_state"])
-        self.has_once = set(saved["has_once"])
-        self.assignment, self.last_aggregate = saved["assignment"], saved["last_aggregate"]
-        self.client_epsilon = {int(k): float(v) for k, v in saved["client_epsilon"].items()}
-        if saved["federation_accountant"] is not None:
-            self.federation_accountant = FederationAccountant.from_state(saved["federation_accountant"])
-        self._totals = list(saved["totals"])
-        self._wall_offset = float(saved["wall_time_s"])
-        self.downlink_state = dict(saved["downlink_state"])
-        self.holds_broadcast = {int(k): int(v) for k, v in saved["holds_broadcast"].items()}
-
-    def run(self, grid: Grid, num_rounds: int) -> State:
-        """Enroll, run round 0 (init + evaluation of the initial model), then ``num_rounds`` rounds;
-        after ``restore``, the rounds after the restored one."""
-        started = time.perf_counter()
-        self.enroll(grid)
-        for server_round in range(self.resume_round + 1, num_rounds + 1):
-            self.report = LedgerRow(round=server_round, clients_sampled=[])
-            if server_round == 0:
-                self.initialize(grid, self.report)
-            else:
-                messages = self.configure_train(server_round, to_record(self.state), ConfigRecord(), grid)
-                replies = self.exchange(grid, list(messages))
-                self.aggregate_train(server_round, replies)
-            self.record_privacy(self.report)
-            if self.evaluate is not None:
-                self.report.eval_loss, self.report.eval_accuracy = self.evaluate(self.state, self.once_state)
-            self._totals[0] += self.report.uplink_bytes
-            self._totals[1] += self.report.downlink_bytes
-            self.report.cumulative_uplink_bytes, self.report.cumulative_downlink_bytes = self._totals
-            self.report.cumulative_bytes = sum(self._totals)
-            self.report.wall_time_s = round(self._wall_offset + time.perf_counter() - started, 3)
-            self.on_round(self.report)  # the ledger row first: a kill before the checkpoint replays the round
-            if self.checkpoint is not None:
-                self.checkpoint(server_round, self.checkpoint_state(server_round))
-        return self.state
-
-    def record_privacy(self, report: LedgerRow) -> None:
+    def record_privacy(self, server: ServerState, row: LedgerRow) -> None:
         """The round's cumulative ε (None without DP; 0 before any private release)."""
         if self.privacy is None:
             return
-        report.delta = self.privacy.delta
-        if self.federation_accountant is not None:
-            report.epsilon = self.federation_accountant.epsilon(self.privacy.delta)
-        else:
-            report.client_epsilon = {str(pid): eps for pid, eps in sorted(self.client_epsilon.items())}
-            report.epsilon = max(self.client_epsilon.values(), default=0.0)
+        row.delta = self.privacy.delta
+        if server.federation_accountant is not None:
+            row.epsilon = server.federation_accountant.epsilon(self.privacy.delta)
+            return
+        eps = client_epsilons(self.privacy_mode, self.privacy, server.sampled_rounds, server.reported_rounds,
+                              server.client_epsilon)
+        row.client_epsilon = {str(pid): e for pid, e in eps.items()}
+        row.epsilon = max(eps.values(), default=0.0)
 
-    def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3, **kwargs):
-        """Flower's entry point, routed to ``run`` (fedlr keeps its own state and ledger)."""
-        self.state = from_record(initial_arrays)
-        return self.run(grid, num_rounds)
+    # ---------------------------------------------------------------- the round loop
+    def initialize(self, grid: Grid, row: LedgerRow) -> None:
+        """Round 0 work before training: the method's init round, where it has one and the
+        experiment asks for it (Fed-SB's federated init)."""
+        if self.spec.runs_init_round(self.exp.method.init):
+            INIT_ROUNDS[self.spec.init_round](self, grid, row)
+
+    def model_arrays(self) -> ArrayRecord:
+        """The whole model the server holds: the global state and the once-sent tensors."""
+        return to_record({**self.server.once_state, **self.server.state})
+
+    def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3, timeout: float = 3600,
+              train_config: ConfigRecord | None = None, evaluate_config: ConfigRecord | None = None,
+              evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None) -> Result:
+        """Flower's entry point: enroll, run round 0 (init, and ``evaluate_fn`` on the initial
+        model), then rounds 1..``num_rounds`` (after a resume: the rounds after the restored one).
+        ``initial_arrays``: the global state to start from (ignored on resume); ``timeout`` and the
+        configs are Flower's and unused: fedlr's timeouts and client settings are the experiment's.
+        ``evaluate_fn(round, arrays)`` (the whole model, as ``model_arrays``) may return "loss" and
+        "accuracy", which the ledger records as the central evaluation."""
+        started = time.perf_counter()
+        if num_rounds != self.exp.federation.num_rounds:
+            raise ValueError(f"num_rounds = {num_rounds}, but the experiment the clients receive (and the privacy "
+                             f"plan) has federation.num_rounds = {self.exp.federation.num_rounds}")
+        if not self.resumed:
+            self.server = self.fresh_state(from_record(initial_arrays))
+        server = self.server
+        wall_offset = server.wall_time_s
+        result = Result()
+        enroll(self, grid)
+        for server_round in range(server.round + 1, num_rounds + 1):
+            self.row = row = LedgerRow(round=server_round, clients_sampled=[])
+            if server_round == 0:
+                self.initialize(grid, row)
+            else:
+                messages = self.configure_train(server_round, to_record(server.state), ConfigRecord(), grid)
+                _, metrics = self.aggregate_train(server_round, self.exchange(grid, list(messages)))
+                if metrics is not None:
+                    result.train_metrics_clientapp[server_round] = metrics
+            self.record_privacy(server, row)
+            if evaluate_fn is not None and (evaluated := evaluate_fn(server_round, self.model_arrays())) is not None:
+                result.evaluate_metrics_serverapp[server_round] = evaluated
+                row.eval_loss, row.eval_accuracy = evaluated.get("loss"), evaluated.get("accuracy")
+            server.totals[0] += row.uplink_bytes
+            server.totals[1] += row.downlink_bytes
+            row.cumulative_uplink_bytes, row.cumulative_downlink_bytes = server.totals
+            row.cumulative_bytes = sum(server.totals)
+            row.wall_time_s = server.wall_time_s = round(wall_offset + time.perf_counter() - started, 3)
+            server.round = server_round
+            self.on_round(row)  # the ledger row first: a kill before the checkpoint replays the round
+            if self.checkpoint is not None:
+                self.checkpoint(server_round, server.state_dict(self.exp.fingerprint()))
+        result.arrays = self.model_arrays()
+        return result
 
 
-def served_partitions(message: Message, partition_of: dict[int, int]) -> list[int]:
-    """The partition ids a training message serves: its group when fused, else its node's."""
-    if message.metadata.message_type == FUSED_ACTION:
-        return [int(p) for p in message.content["config"][FUSED_KEY]]
-    return [partition_of[message.metadata.dst_node_id]]
+def train_metrics(row: LedgerRow) -> MetricRecord:
+    """A round's aggregated client-side figures, as Flower's ``Result`` keeps them."""
+    figures = {"train_loss": row.train_loss, "val_accuracy": row.client_val_accuracy,
+               "clients_replied": row.clients_replied, "uplink_bytes": row.uplink_bytes,
+               "downlink_bytes": row.downlink_bytes}
+    return MetricRecord({k: v for k, v in figures.items() if v is not None})
 
 
 def _weighted(accepted, key: str, weight_key: str) -> float | None:
-    pairs = [(float(m[key]), float(m[weight_key])) for _, _, m in accepted if key in m and weight_key in m]
+    pairs = [(float(a.metrics[key]), float(a.metrics[weight_key])) for a in accepted
+             if key in a.metrics and weight_key in a.metrics]
     total = sum(w for _, w in pairs)
     return sum(v * w for v, w in pairs) / total if total > 0 else None

@@ -23,6 +23,7 @@ from fedlr.compression.pipeline import encode_update
 from fedlr.run.records import payload_record, to_record
 from fedlr.results.ledger import LedgerRow
 from fedlr.strategies import FedLRStrategy
+from fedlr.strategies.collector import ReplyCollector
 from fedlr.wire import record_wire_bytes
 
 RANKS = [2, 4, 8]
@@ -162,19 +163,19 @@ def test_a_reply_at_another_clients_rank_is_rejected_with_the_reason():
     a, b = fresh_factors(exp.seed, 1, "l", 4, d_in, d_out)
     state = {"l.base.weight": torch.zeros(d_out, d_in), "l.lora_A.weight": a, "l.lora_B.weight": b,
              "head.bias": torch.zeros(2)}
-    strat = FedLRStrategy(exp, get_method("flora"), dict(state), {}, {})
-    strat.node_of = {pid: 100 + pid for pid in range(3)}
-    strat.report = LedgerRow(round=1, clients_sampled=[0, 1, 2])
+    strat = FedLRStrategy(exp)
+    server = strat.fresh_state(state)
+    rep = LedgerRow(round=1, clients_sampled=[0, 1, 2])
+    collector = ReplyCollector(strat.reply_policy(1, server), {100 + pid: pid for pid in range(3)})
     # client 0 (rank 2) and client 2 (rank 8) send rank 4 factors, client 1 (rank 4) its own
-    strat.aggregate_train(1, [reply(100, lora_update(4), {"num-examples": 1.0}),
-                              reply(101, lora_update(4), {"num-examples": 1.0}),
-                              reply(102, lora_update(4), {"num-examples": 1.0})])
-    rep = strat.report
+    strat.aggregate(server, rep, collector.collect(1, [reply(100, lora_update(4), {"num-examples": 1.0}),
+                                                       reply(101, lora_update(4), {"num-examples": 1.0}),
+                                                       reply(102, lora_update(4), {"num-examples": 1.0})], [0, 1, 2]))
     assert rep.clients_replied == 3 and rep.clients_rejected == 2
     reasons = {f["partition"]: f["reason"] for f in rep.failures if f["kind"] == "rejected"}
     assert set(reasons) == {0, 2} and reasons[0]
     assert reasons[2] == "l.lora_A.weight: shape (4, 5) != (8, 5)"
-    assert not torch.equal(strat.state["l.base.weight"], state["l.base.weight"])  # the valid one was merged
+    assert not torch.equal(server.state["l.base.weight"], state["l.base.weight"])  # the valid one was merged
 
 
 # ----------------------------------------------------------------------------- config errors
@@ -263,9 +264,10 @@ def test_compressed_replies_at_each_rank_are_decoded_and_counted_as_planned(tiny
     exp = load_experiment(tiny_path, overrides)
     plan = communication_plan(exp, 2)
     adapted = build_adapted_model(exp, 2)
-    strat = FedLRStrategy(exp, adapted.spec, adapted.round_state(), {}, {})
-    strat.node_of = {pid: 100 + pid for pid in range(4)}
-    strat.report = LedgerRow(round=1, clients_sampled=[0, 1])
+    strat = FedLRStrategy(exp)
+    server = strat.fresh_state(adapted.round_state())
+    rep = LedgerRow(round=1, clients_sampled=[0, 1])
+    collector = ReplyCollector(strat.reply_policy(1, server), {100 + pid: pid for pid in range(4)})
     replies = []
     for pid in (0, 1):
         adapted.use_rank(exp.method.client_rank(pid), exp.seed)
@@ -276,9 +278,9 @@ def test_compressed_replies_at_each_rank_are_decoded_and_counted_as_planned(tiny
                         group_id="", created_at=0.0, ttl=60.0, message_type="train")
         content = RecordDict({"arrays": payload_record(payload), "metrics": MetricRecord({"num-examples": 1.0})})
         replies.append(Message(content, metadata=meta))
-    strat.aggregate_train(1, replies)
-    assert strat.report.clients_rejected == 0, strat.report.failures
-    assert strat.report.uplink_bytes == plan["uplink_bytes_by_client"][0] + plan["uplink_bytes_by_client"][1]
+    strat.aggregate(server, rep, collector.collect(1, replies, [0, 1]))
+    assert rep.clients_rejected == 0, rep.failures
+    assert rep.uplink_bytes == plan["uplink_bytes_by_client"][0] + plan["uplink_bytes_by_client"][1]
 
 
 def test_fedlr_plan_prints_each_rank(tiny_path, capsys):

@@ -18,6 +18,7 @@ from fedlr.run.records import to_record
 from fedlr.seeding import torch_generator
 from fedlr.results.ledger import LedgerRow
 from fedlr.strategies import FedLRStrategy
+from fedlr.strategies.collector import ReplyCollector
 
 S = 0.5
 
@@ -97,32 +98,37 @@ def reply(node, tensors, metrics):
 
 
 def strategy_for(exp, state, sizes=(50, 60, 70, 80, 90, 100)):
+    """The strategy with the privacy plan of ``sizes``, and a server state holding ``state``."""
     plan = plan_privacy(exp, list(sizes))
-    strat = FedLRStrategy(exp, get_method(exp.method.name), state, {}, {}, privacy=plan)
-    strat.node_of = {pid: 100 + pid for pid in range(exp.federation.num_clients)}
-    return strat, plan
+    strat = FedLRStrategy(exp, privacy=plan)
+    return strat, strat.fresh_state(state), plan
 
 
-def run_round(strat, rnd, replies):
-    strat.report = LedgerRow(round=rnd, clients_sampled=[pid for pid, _, _ in replies])
-    strat.aggregate_train(rnd, [reply(100 + pid, t, m) for pid, t, m in replies])
-    strat.record_privacy(strat.report)
-    return strat.report
+def run_round(strat, server, rnd, replies):
+    """One round's replies (node 100 + pid for partition pid) through the strategy's collector and
+    aggregation, without a grid."""
+    sampled = [pid for pid, _, _ in replies]
+    nodes = {100 + p: p for p in range(strat.exp.federation.num_clients)}
+    collector = ReplyCollector(strat.reply_policy(rnd, server), nodes)
+    row = LedgerRow(round=rnd, clients_sampled=sampled)
+    strat.aggregate(server, row, collector.collect(rnd, [reply(100 + pid, t, m) for pid, t, m in replies], sampled))
+    strat.record_privacy(server, row)
+    return row
 
 
 def test_central_strategy_clips_adds_seeded_noise_and_composes_one_release_per_round():
     exp = experiment("client_central")
     state = {"a.lora_A.weight": torch.zeros(4, 6), "head.bias": torch.zeros(3)}
-    strat, plan = strategy_for(exp, dict(state))
+    strat, server, plan = strategy_for(exp, dict(state))
     ups = [clip_update(update(5.0, seed=i), S)[0] for i in range(2)]  # 2 of the 3 sampled clients: valid
     unclipped = update(5.0, seed=7)  # the third skipped its clipping: rejected, never aggregated
-    rep = run_round(strat, 1, [(0, ups[0], {"num-examples": 10.0}), (4, ups[1], {"num-examples": 1000.0}),
+    rep = run_round(strat, server, 1, [(0, ups[0], {"num-examples": 10.0}), (4, ups[1], {"num-examples": 1000.0}),
                                (5, unclipped, {"num-examples": 10.0})])
     assert rep.clients_rejected == 1 and "exceeds the clipping bound" in rep.failures[0]["reason"]
     expected = central_noised_mean(ups, S, 1.2, 3, torch_generator(3, "server-noise", 1))
-    assert all(torch.allclose(strat.state[k], state[k] + expected[k], atol=1e-6) for k in state)
+    assert all(torch.allclose(server.state[k], state[k] + expected[k], atol=1e-6) for k in state)
     assert rep.epsilon == pytest.approx(central_epsilon(1.2, 6, 3, 1, 1e-3)) and rep.delta == 1e-3
-    rep2 = run_round(strat, 2, [])  # nobody replied: still a round of the accountant (conservative)
+    rep2 = run_round(strat, server, 2, [])  # nobody replied: still a round of the accountant (conservative)
     assert rep2.epsilon == pytest.approx(central_epsilon(1.2, 6, 3, 2, 1e-3))
     assert rep2.epsilon > rep.epsilon
     assert rep2.epsilon <= plan.epsilon  # the plan's worst case covers all 4 rounds
@@ -131,14 +137,14 @@ def test_central_strategy_clips_adds_seeded_noise_and_composes_one_release_per_r
 def test_local_strategy_takes_the_uniform_mean_and_the_largest_client_epsilon():
     exp = experiment("client_local")
     state = {"a.lora_A.weight": torch.zeros(4, 6), "head.bias": torch.zeros(3)}
-    strat, _ = strategy_for(exp, dict(state))
+    strat, server, _ = strategy_for(exp, dict(state))
     ups = [update(0.1, seed=i) for i in range(3)]
-    rep = run_round(strat, 1, [(1, ups[0], {"num-examples": 5.0, "epsilon": 2.0}),
+    rep = run_round(strat, server, 1, [(1, ups[0], {"num-examples": 5.0, "epsilon": 2.0}),
                                (2, ups[1], {"num-examples": 500.0, "epsilon": 3.5}),
                                (5, ups[2], {"num-examples": 50.0, "epsilon": 1.0})])
-    assert all(torch.allclose(strat.state[k], sum(u[k] for u in ups) / 3, atol=1e-7) for k in state)
+    assert all(torch.allclose(server.state[k], sum(u[k] for u in ups) / 3, atol=1e-7) for k in state)
     assert rep.epsilon == 3.5 and rep.client_epsilon == {"1": 2.0, "2": 3.5, "5": 1.0}
-    rep = run_round(strat, 2, [(5, ups[2], {"num-examples": 50.0, "epsilon": 1.6})])
+    rep = run_round(strat, server, 2, [(5, ups[2], {"num-examples": 50.0, "epsilon": 1.6})])
     assert rep.epsilon == 3.5 and rep.client_epsilon["5"] == 1.6  # clients that sat out keep their ε
 
 
@@ -146,11 +152,11 @@ def test_fed_svd_strategy_expects_b_only_and_returns_refactorized_factors():
     exp = experiment("client_central", method="fed_svd")
     g = torch.Generator().manual_seed(1)
     state = {"l.lora_B.weight": torch.randn(8, 2, generator=g), "l.lora_A.weight": torch.randn(2, 5, generator=g)}
-    strat, _ = strategy_for(exp, dict(state))
-    assert set(strat.update_keys()) == {"l.lora_B.weight"}
+    strat, server, _ = strategy_for(exp, dict(state))
+    assert set(strat.update_keys(server.state)) == {"l.lora_B.weight"}
     with_a = {"l.lora_B.weight": torch.zeros(8, 2), "l.lora_A.weight": torch.zeros(2, 5)}
-    rep = run_round(strat, 1, [(0, {"l.lora_B.weight": 0.01 * torch.ones(8, 2)}, {"num-examples": 1.0}),
+    rep = run_round(strat, server, 1, [(0, {"l.lora_B.weight": 0.01 * torch.ones(8, 2)}, {"num-examples": 1.0}),
                                (1, with_a, {"num-examples": 1.0})])
     assert rep.clients_rejected == 1  # A is not an update a FedSVD client may send
-    a = strat.state["l.lora_A.weight"]
+    a = server.state["l.lora_A.weight"]
     assert torch.allclose(a @ a.T, torch.eye(2), atol=1e-5)

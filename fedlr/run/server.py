@@ -10,15 +10,14 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedlr import checkpoint
 from fedlr.adapters.export import export_model
-from fedlr.adapters.naming import BASE_KEY, key
 from fedlr.config import Experiment
 from fedlr.methods import get_method
 from fedlr.privacy.modes import configured_mode, privacy_mode
-from fedlr.models.adapted import adapter_paths
 from fedlr.results import RunDir
 from fedlr.results.console import Console
 from fedlr.results.ledger import LedgerRow
-from fedlr.strategies import strategy_class
+from fedlr.run.records import from_record
+from fedlr.strategies import ServerState, strategy_class
 from fedlr.workbench import get_workbench
 
 
@@ -29,17 +28,10 @@ def run_server(grid: Grid, exp: Experiment, run_dir: RunDir, console: Console, r
     started = time.perf_counter()
     bench = get_workbench(exp)
     adapted = bench.adapted
-    params = adapted.parameters_by_name()
-    target_weights = {k: (tuple(params[k].shape), params[k].dtype)
-                      for k in (key(p, BASE_KEY) for p in adapter_paths(adapted))}
     rows: list[dict] = []
     saved = checkpoint.latest(run_dir.checkpoint_dir) if resume else None
     if resume and saved is None:
         raise RuntimeError(f"{run_dir.checkpoint_dir}: no valid checkpoint to resume from")
-
-    def evaluate(state, once):
-        res = bench.central_eval(state, once)
-        return res.loss, res.accuracy
 
     def on_round(report: LedgerRow) -> None:
         row = report.to_dict()
@@ -50,21 +42,22 @@ def run_server(grid: Grid, exp: Experiment, run_dir: RunDir, console: Console, r
     def save_checkpoint(server_round: int, state: dict) -> None:
         checkpoint.save(run_dir.checkpoint_dir, server_round, state, keep=exp.output.keep_checkpoints)
 
-    strategy = strategy_class(adapted.spec)(
-        exp, adapted.spec, adapted.round_state(), {}, target_weights,
-        evaluate=evaluate if exp.evaluation.central else None, on_round=on_round, privacy=bench.privacy,
-        checkpoint=save_checkpoint if exp.output.checkpoint else None, client_state_dir=client_state_dir,
+    resumed = ServerState.from_state(saved[1], exp.fingerprint()) if saved is not None else None
+    strategy = strategy_class(adapted.spec).from_experiment(
+        exp, privacy=bench.privacy, on_round=on_round, checkpoint=save_checkpoint if exp.output.checkpoint else None,
+        client_state_dir=client_state_dir, resume=resumed,
     )
     console.start(exp)
     if saved is not None:
-        resumed_round, state = saved
-        strategy.restore(state)
+        resumed_round = saved[0]
         rows.extend(run_dir.truncate_ledger(resumed_round))
         checkpoint.discard_after(run_dir.checkpoint_dir, resumed_round)
         console.print(f"fedlr: resuming {run_dir.path} after round {resumed_round} of {exp.federation.num_rounds}")
     console.header()
-    final_state = strategy.run(grid, exp.federation.num_rounds)
-    bench.load(strategy.once_state, final_state)
+    result = strategy.start(grid, strategy.initial_arrays(), exp.federation.num_rounds,
+                            evaluate_fn=strategy.central_evaluation if exp.evaluation.central else None)
+    final_state = from_record(result.arrays)
+    bench.load(final_state)
     aggregated = sum(1 for r in rows if r["round"] > 0 and r.get("aggregated"))
     if exp.output.export_peft and aggregated:  # an untrained model is no result
         export_model(bench, run_dir.model_dir)

@@ -1,0 +1,65 @@
+"""Enrollment: wait for every client, send it the experiment, learn its partition id.
+
+Two nodes claiming one partition id would train on the same data while another partition never
+trains (one of them would silently idle): that is refused, naming both nodes.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Iterable
+
+from flwr.app import Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from fedlr.run.records import PARTITION_KEY, RESUME_ROUND_KEY, STATE_DIR_KEY, experiment_config
+
+if TYPE_CHECKING:
+    from fedlr.strategies.base import FedLRStrategy
+
+ENROLL_BATCH = 256  # enrollment queries in flight at once
+
+
+class EnrollmentError(RuntimeError):
+    """The clients that answered cannot make up the federation (a partition claimed twice or by nobody)."""
+
+
+def partitions_of(replies: Iterable[Message], node_of: dict[int, int]) -> None:
+    """Add each enrollment reply's (partition id -> node id) to ``node_of``; a partition id that
+    two nodes report is refused, naming both."""
+    for reply in replies:
+        if reply.has_error():
+            raise EnrollmentError(f"client enrollment failed: {reply.error.reason}")
+        pid = int(reply.content["metrics"][PARTITION_KEY])
+        node = reply.metadata.src_node_id
+        if pid in node_of and node_of[pid] != node:
+            raise EnrollmentError(
+                f"nodes {node_of[pid]} and {node} both report partition-id {pid}: each client needs its own "
+                f"partition (start every SuperNode with a different --node-config 'partition-id=N')")
+        node_of[pid] = node
+
+
+def enroll(strategy: "FedLRStrategy", grid: Grid) -> None:
+    """Fill ``strategy.node_of`` once ``federation.num_clients`` nodes are connected and have answered."""
+    exp = strategy.exp
+    want = exp.federation.num_clients
+    deadline = time.monotonic() + exp.federation.enroll_timeout_s
+    while len(node_ids := list(grid.get_node_ids())) < want:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {len(node_ids)} of {want} clients connected")
+        time.sleep(0.5)
+    query = experiment_config(exp.to_json())
+    query[RESUME_ROUND_KEY] = strategy.server.round if strategy.resumed else -1
+    if strategy.client_state_dir is not None:
+        query[STATE_DIR_KEY] = strategy.client_state_dir
+    content = RecordDict({"config": query})
+    # in batches: a SuperLink's in-memory LinkState scans every stored message for each node
+    # that pulls, so N queries at once would cost N² per pull interval (the simulation's poller
+    # scans once per poll instead: fedlr.run.engine_poll)
+    for start in range(0, len(node_ids), ENROLL_BATCH):
+        batch = node_ids[start:start + ENROLL_BATCH]
+        msgs = [Message(content, dst_node_id=n, message_type=MessageType.QUERY) for n in batch]
+        partitions_of(grid.send_and_receive(msgs, timeout=exp.federation.enroll_timeout_s), strategy.node_of)
+    missing = sorted(set(range(want)) - set(strategy.node_of))
+    if missing:
+        raise EnrollmentError(f"no client reported partition ids {missing}")
