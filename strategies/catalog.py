@@ -14,7 +14,7 @@ as an experiment TOML file. ``fedlr run`` builds the same classes from a whole e
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
@@ -22,6 +22,7 @@ from flwr.serverapp.strategy import Result
 
 from fedlr.config import Experiment, experiment_from_dict
 from fedlr.methods import MethodSpec, dp_lora, fed_sb, fed_svd, fedex_lora, fedit, fedpara, ffa_lora, flora, full_ft
+from fedlr.results.ledger import LedgerRow
 from fedlr.strategies.base import FedLRStrategy
 
 
@@ -31,14 +32,16 @@ class MethodStrategy(FedLRStrategy):
     (default: all); ``rank``, ``alpha`` (scale α/r) and ``targets`` (module names to adapt) of the
     adapters; ``privacy`` and ``compression``: the ``[privacy]`` / ``[compression]`` settings
     (``{"mode": "client_central", "noise_multiplier": 1.0}``, ``{"codec": "topk", "density": 0.1}``);
-    ``**sections``: any other experiment section as a mapping."""
+    ``on_round``: given each round's ledger row; ``**sections``: any other experiment section as a
+    mapping."""
 
     spec: ClassVar[MethodSpec]
 
     def __init__(self, *, model: str, dataset: str, num_clients: int, clients_per_round: int | None = None,
                  rank: int = 16, alpha: float | None = None, targets: Sequence[str] = ("query", "value"),
                  privacy: Mapping[str, Any] | None = None, compression: Mapping[str, Any] | None = None,
-                 seed: int = 0, num_rounds: int = 3, **sections: Mapping[str, Any]):
+                 seed: int = 0, num_rounds: int = 3, on_round: Callable[[LedgerRow], None] | None = None,
+                 **sections: Mapping[str, Any]):
         data: dict[str, Any] = {
             "seed": seed, "model": {"name_or_path": model, "targets": list(targets)}, "data": {"dataset": dataset},
             "method": {"name": self.spec.name, "rank": rank, **({"alpha": alpha} if alpha is not None else {})},
@@ -48,7 +51,7 @@ class MethodStrategy(FedLRStrategy):
         }
         for name, values in sections.items():
             data.setdefault(name, {}).update(values)
-        super().__init__(experiment_from_dict(data))
+        super().__init__(experiment_from_dict(data), on_round=on_round)
 
     def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int | None = None, **kwargs) -> Result:
         """Flower's ``start`` (``FedLRStrategy.start``); ``num_rounds`` defaults to the
