@@ -5,7 +5,8 @@ Protocol (all message contents are RecordDicts):
   persistent state and replies its partition id. Sent once to every node before round 1.
 - ``train.sb_init``: Fed-SB's federated init; reply {"grads": summed target-weight gradients}.
 - ``train``: {"arrays": global trained tensors, "once"?: frozen tensors sent on first
-  participation, "config": {server-round}} → reply {"arrays": update Δ, "metrics": {...}}.
+  participation, "config": {server-round}} → reply {"arrays": update Δ, "metrics": {...}} (empty
+  under ``federation.weighting = "uniform"``: nothing but the update).
 - ``train.fused`` (simulation, ``federation.fused_clients``): as ``train`` for the group of
   partition ids in its config → reply {"arrays-<pid>": Δ, "metrics-<pid>": {...}} per client.
 
@@ -91,7 +92,7 @@ def enroll(msg: Message, context: Context) -> Message:
 def sb_init(msg: Message, context: Context) -> Message:
     exp = _experiment(context)
     grads, n = get_workbench(exp).init_gradients(_partition_id(context), exp.method.init_examples)
-    content = RecordDict({"grads": to_record(grads), "metrics": MetricRecord({"num-examples": n})})
+    content = RecordDict({"grads": to_record(grads), "metrics": MetricRecord(released_metrics(exp, {"num-examples": n}))})
     return Message(content, reply_to=msg)
 
 
@@ -121,8 +122,15 @@ def train(msg: Message, context: Context) -> Message:
         keep_from = msg.content["config"].get(KEEP_FROM_KEY)
         client_snapshots.save(state_dir, _partition_id(context), server_round, context.state, skip=(STATE_CONFIG,),
                               keep_from=None if keep_from is None else int(keep_from))
-    content = RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)})
+    content = RecordDict({"arrays": arrays, "metrics": MetricRecord(released_metrics(exp, metrics))})
     return Message(content, reply_to=msg)
+
+
+def released_metrics(exp, metrics: dict) -> dict:
+    """What a reply says beside the update: its metrics, or nothing under ``federation.weighting =
+    "uniform"`` — no example count n_k, loss or accuracy, which depend on the client's data and no
+    DP mechanism covers (the server takes each client's ε from the privacy plan; docs/privacy.md)."""
+    return metrics if exp.federation.weighting == "examples" else {}
 
 
 @app.train("fused")
@@ -139,7 +147,7 @@ def train_fused(msg: Message, context: Context) -> Message:
     content = RecordDict()
     for pid, (update, metrics) in results.items():
         content[fused_key("arrays", pid)] = to_record(update)
-        content[fused_key("metrics", pid)] = MetricRecord(metrics)
+        content[fused_key("metrics", pid)] = MetricRecord(released_metrics(exp, metrics))
     return Message(content, reply_to=msg)
 
 

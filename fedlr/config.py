@@ -131,6 +131,10 @@ class FederationConfig(_Section):
     fused_clients: int = Field(
         1, gt=0, description="simulation only: train up to this many sampled clients in one worker call, in one "
         "pass over the shared frozen base (fedlr.fused); 1 trains each client on its own")
+    weighting: Literal["examples", "uniform"] = Field(
+        "examples", description="how the server weights the clients' updates: 'examples' (by each client's "
+        "number of training examples, which each client sends with its update) or 'uniform' (equal weights; a "
+        "client's reply then carries nothing but its update: no example count, loss or accuracy)")
 
     @model_validator(mode="after")
     def _sampling_fits(self) -> "FederationConfig":

@@ -143,7 +143,13 @@ class FedLRStrategy(FedAvg):
                                  assignment=server.assignment)
 
         return ReplyPolicy(expected_from, self.exp.federation.round_timeout_s, decode=decode, max_bytes=max_bytes,
-                           norm_bound=self.privacy_mode.update_norm_bound(self.privacy), weight_key=WEIGHT_KEY)
+                           norm_bound=self.privacy_mode.update_norm_bound(self.privacy),
+                           weight_key=WEIGHT_KEY if self.by_examples else None)
+
+    @property
+    def by_examples(self) -> bool:
+        """Whether updates are weighted by the example counts clients send (``federation.weighting``)."""
+        return self.exp.federation.weighting == "examples"
 
     def collector(self, policy: ReplyPolicy) -> ReplyCollector:
         """A collector for the last exchange's replies (routing from enrollment)."""
@@ -206,7 +212,7 @@ class FedLRStrategy(FedAvg):
         # the privacy mode combines them: as they are, sample-weighted; or one uniform (client_local) or
         # clipped-and-noised fixed-denominator (client_central) mean
         combined, weights = self.privacy_mode.combine(
-            updates, [float(a.metrics[WEIGHT_KEY]) for a in accepted], self.privacy,
+            updates, [float(a.metrics[WEIGHT_KEY]) if self.by_examples else 1.0 for a in accepted], self.privacy,
             self.exp.federation.clients_per_round, self.exp.privacy.noise_source, self.exp.seed, server_round)
         server.state = self.spec.aggregate(server.state, combined, weights, **self.round_context(server_round))
         server.last_aggregate = {k: server.state[k] - previous[k] for k in updates[0]}

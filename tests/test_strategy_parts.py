@@ -17,6 +17,7 @@ from fedlr import checkpoint  # noqa: E402
 from fedlr.config import experiment_from_dict, load_experiment  # noqa: E402
 from fedlr.privacy.accountant import StepAccountant  # noqa: E402
 from fedlr.privacy.federation_accountant import FederationAccountant  # noqa: E402
+from fedlr.privacy.modes import privacy_mode  # noqa: E402
 from fedlr.privacy.planning import plan_privacy  # noqa: E402
 from fedlr.results import RunDir  # noqa: E402
 from fedlr.results.console import Console  # noqa: E402
@@ -86,7 +87,7 @@ def test_a_client_local_client_that_timed_out_or_was_rejected_is_charged_the_pla
     plan = plan_privacy(exp, [50] * 6)
     strategy = FedIT.from_experiment(exp, privacy=plan)
     server = strategy.fresh_state({"a.lora_A.weight": torch.zeros(2, 3)})
-    one_round = planned_epsilon(plan, 0, 1)
+    one_round = planned_epsilon(strategy.privacy_mode, plan, 0, 1)
     assert one_round > 0
 
     def run_round(rnd, sampled, replies):
@@ -105,7 +106,7 @@ def test_a_client_local_client_that_timed_out_or_was_rejected_is_charged_the_pla
     # the straggler and the rejected client may have released: each charged one planned round
     assert row.client_epsilon == {"0": one_round, "2": one_round, "4": one_round}
     row = run_round(2, [2], [(2, ok, {"num-examples": 5.0, "epsilon": one_round})])  # its report misses round 1
-    assert row.client_epsilon["2"] == planned_epsilon(plan, 2, 2) > one_round
+    assert row.client_epsilon["2"] == planned_epsilon(strategy.privacy_mode, plan, 2, 2) > one_round
     assert row.epsilon == max(row.client_epsilon.values())
 
 
@@ -144,3 +145,66 @@ def test_a_sample_level_straggler_keeps_its_epsilon_in_the_ledger(tmp_path, one_
     assert spent > 0  # it trained 2 DP-SGD steps and released its update, late
     assert row["client_epsilon"][str(late)] == pytest.approx(spent, rel=1e-12)
     assert row["epsilon"] >= spent
+
+
+# ----------------------------------------------------------------------------- federation.weighting
+def test_uniform_weighting_accepts_replies_without_counts_and_weights_them_equally():
+    data = {"model": {"name_or_path": "tiny-random-bert"}, "method": {"name": "fedit", "rank": 2},
+            "federation": {"num_clients": 4, "clients_per_round": 2, "weighting": "uniform"}}
+    strategy = FedIT.from_experiment(experiment_from_dict(data))
+    server = strategy.fresh_state({"a.lora_A.weight": torch.zeros(2, 3)})
+    collector = ReplyCollector(strategy.reply_policy(1, server), {100 + p: p for p in range(4)})
+    ups = [{"a.lora_A.weight": torch.full((2, 3), v)} for v in (1.0, 4.0)]
+    row = LedgerRow(round=1, clients_sampled=[0, 3])
+    strategy.aggregate(server, row, collector.collect(1, [reply(100, ups[0], {}), reply(103, ups[1], {})], [0, 3]))
+    assert row.clients_rejected == 0 and row.aggregated
+    assert torch.equal(server.state["a.lora_A.weight"], torch.full((2, 3), 2.5))
+    # under the default a reply without its example count is malformed
+    strategy = FedIT.from_experiment(experiment_from_dict({**data, "federation": {"num_clients": 4, "clients_per_round": 2}}))
+    server = strategy.fresh_state({"a.lora_A.weight": torch.zeros(2, 3)})
+    collected = ReplyCollector(strategy.reply_policy(1, server), {100: 0}).collect(1, [reply(100, ups[0], {})], [0])
+    assert collected.rejected == 1 and "num-examples" in collected.failures[0].reason
+
+
+class RecordingGrid(InProcessGrid):
+    def __init__(self, app, num_nodes):
+        super().__init__(app, num_nodes)
+        self.train_replies = []
+
+    def send_and_receive(self, messages, *, timeout=None):
+        replies = super().send_and_receive(messages, timeout=timeout)
+        self.train_replies += [r for m, r in zip(messages, replies) if m.metadata.message_type == "train"]
+        return replies
+
+
+def test_under_uniform_weighting_a_dp_client_releases_nothing_but_its_update(tmp_path, one_torch_thread):
+    from fedlr.clients.app import app
+    from fedlr.privacy.disclosure import released_beside_epsilon
+    from fedlr.run.server import run_server
+
+    exp = load_experiment(TINY, [f'output.dir="{tmp_path}"', "output.export_peft=false", 'method.name="fedit"',
+                                 'privacy.mode="sample"', "privacy.noise_multiplier=1.0", "privacy.delta=1e-3",
+                                 "federation.num_rounds=1", "evaluation.central=false", 'federation.weighting="uniform"'])
+    grid = RecordingGrid(app, exp.federation.num_clients)
+    run_dir = RunDir.create(exp, "uniform")
+    summary = run_server(grid, exp, run_dir, Console(quiet=True))
+    assert len(grid.train_replies) == exp.federation.clients_per_round
+    for r in grid.train_replies:
+        assert set(r.content.array_records) == {"arrays"} and len(r.content["metrics"]) == 0
+    row = read_ledger(run_dir.ledger_path)[-1]
+    assert row["aggregated"] and row["train_loss"] is None and row["client_val_accuracy"] is None
+    plan = plan_privacy(exp, [len(r) for r in _train_rows(exp)])
+    assert row["client_epsilon"] == {str(p): planned_epsilon(privacy_mode(exp.privacy), plan, p, 1) for p in row["clients_sampled"]}
+    assert row["epsilon"] > 0
+    assert not any("n_k" in note for note in summary["released_beside_epsilon"])
+    examples = load_experiment(TINY, ['method.name="fedit"', 'privacy.mode="client_central"',
+                                      "privacy.noise_multiplier=1.0", "privacy.delta=1e-3"])
+    notes = released_beside_epsilon(examples, plan_privacy(examples, [len(r) for r in _train_rows(examples)]))
+    assert len(notes) == 2 and "n_k" in notes[0] and "cohort" in notes[1]
+
+
+def _train_rows(exp):
+    from fedlr.workbench import get_workbench
+
+    data = get_workbench(exp).data
+    return [data.client_rows(p)[0] for p in range(exp.federation.num_clients)]

@@ -138,6 +138,8 @@ class Console:
         if s.get("epsilon") is not None:
             delta = s.get("delta")
             self.print(f"privacy: epsilon {s['epsilon']:.4g}" + (f" at delta {delta:.3g}" if delta is not None else ""))
+            for note in s.get("released_beside_epsilon") or []:
+                self.print(f"  not covered by epsilon: {note}")
         self.print(f"bytes: up {s['uplink_bytes']:,} ({s['uplink_bytes'] / MB:.2f} MiB), "
                    f"down {s['downlink_bytes']:,} ({s['downlink_bytes'] / MB:.2f} MiB), total {s['total_bytes'] / MB:.2f} MiB")
         self.print(f"wall time {s['wall_time_s']:.1f} s; run directory {s['run_dir']}")

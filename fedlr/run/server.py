@@ -13,6 +13,7 @@ from fedlr.adapters.export import export_model
 from fedlr.config import Experiment
 from fedlr.methods import get_method
 from fedlr.privacy.modes import configured_mode, privacy_mode
+from fedlr.privacy.disclosure import released_beside_epsilon
 from fedlr.results import RunDir
 from fedlr.results.console import Console
 from fedlr.results.ledger import LedgerRow
@@ -101,6 +102,7 @@ def privacy_summary(exp: Experiment, plan, last_row: dict) -> dict:
         "noise_multiplier": plan.noise_multiplier, "noise_calibrated": plan.noise_calibrated,
         "max_grad_norm": plan.max_grad_norm, "epsilon_planned": plan.epsilon,
         "client_epsilon": last_row.get("client_epsilon"), "privacy_mechanisms": plan.mechanisms,
+        "released_beside_epsilon": released_beside_epsilon(exp, plan),
     }
 
 
