@@ -85,6 +85,13 @@ class FedLRStrategy(FedAvg):
         self.sent_to: dict[str, list[int]] = {}  # message id -> partition ids it serves, for the last exchange
         self.row: LedgerRow | None = None  # the round in progress
 
+    @classmethod
+    def from_experiment(cls, exp: Experiment, **options) -> "FedLRStrategy":
+        """The strategy of a whole experiment (``fedlr run``), whatever the class's own constructor takes."""
+        strategy = cls.__new__(cls)
+        FedLRStrategy.__init__(strategy, exp, **options)
+        return strategy
+
     @cached_property
     def privacy(self) -> PrivacyPlan | None:
         if self._privacy is not None or not self.exp.privacy.enabled:
