@@ -137,28 +137,46 @@ def cmd_run(exp: Experiment, args) -> int:
     return 0
 
 
-def cmd_resume(args) -> int:
-    """``fedlr run --resume RUN_DIR``: the run's own config.toml, its newest valid checkpoint."""
+RESUME_COMMAND = {"simulation": "fedlr run --resume", "deployment": "fedlr deploy resume"}
+
+
+def resumable_run_dir(path: str | Path, engine: str):
+    """The run directory ``path``, which ``engine`` can continue from a checkpoint unless it is
+    complete (``RunDir.complete``). ConfigError when it is no run directory, has no valid checkpoint,
+    or ran on the other engine (naming the command that resumes it): a deployed run's client state
+    lives on its SuperNodes, which a simulation would not have."""
     from fedlr import checkpoint
     from fedlr.results import RunDir
+
+    run_dir = RunDir.existing(path)
+    if run_dir.engine != engine:
+        raise ConfigError(f"{run_dir.path} ran on the {run_dir.engine} engine, not the {engine} engine: continuing "
+                          f"it there would lose every client's state; resume it with "
+                          f"`{RESUME_COMMAND[run_dir.engine]} {run_dir.path}`")
+    if run_dir.complete:
+        return run_dir
+    if checkpoint.latest(run_dir.checkpoint_dir) is None:
+        raise ConfigError(f"{RESUME_COMMAND[engine]} {run_dir.path}: no valid checkpoint in {run_dir.checkpoint_dir} "
+                          "(was output.checkpoint false, or did the run stop before round 0 ended?)")
+    return run_dir
+
+
+def cmd_resume(args) -> int:
+    """``fedlr run --resume RUN_DIR``: the run's own config.toml, its newest valid checkpoint."""
+    from fedlr.preflight import preflight
     from fedlr.results.console import Console
     from fedlr.run.simulation import simulate
 
     if args.experiment is not None or args.overrides:
         raise ConfigError("--resume RUN_DIR continues a run with the configuration it was started with; "
                           "give no experiment file and no --set")
-    from fedlr.preflight import preflight
-
-    run_dir = RunDir.existing(args.resume)
+    run_dir = resumable_run_dir(args.resume, "simulation")
     exp = run_dir.experiment()
     preflight(exp)
     console = Console(quiet=args.quiet or exp.output.quiet)
-    if (run_dir.path / "summary.json").is_file():
+    if run_dir.complete:
         console.print(f"fedlr: {run_dir.path} is complete (summary.json exists); nothing to resume")
         return 0
-    if checkpoint.latest(run_dir.checkpoint_dir) is None:
-        raise ConfigError(f"--resume {run_dir.path}: no valid checkpoint in {run_dir.checkpoint_dir} "
-                          "(was output.checkpoint false, or did the run stop before round 0 ended?)")
     simulate(exp, run_dir, console, resume=True)
     return 0
 

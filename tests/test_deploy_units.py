@@ -148,7 +148,7 @@ def test_generated_app_passes_flowers_validation_and_has_no_federations(tmp_path
     assert config["project"]["dependencies"] == []  # never torch: uv would fetch a CUDA build
     assert config["tool"]["flwr"]["app"]["components"] == {
         "serverapp": "fedlr.deploy.server_app:server_app", "clientapp": "fedlr.clients.app:app"}
-    assert set(config["tool"]["flwr"]["app"]["config"]) == {"experiment", "run-dir", "run-name"}
+    assert set(config["tool"]["flwr"]["app"]["config"]) == {"experiment", "run-dir", "run-name", "resume"}
     assert "federations" not in config["tool"]["flwr"]
     assert not warnings
 
@@ -206,6 +206,27 @@ def test_run_config_to_experiment_and_run_dir(tmp_path, tiny_path):
     assert load_experiment(run_dir.path / "config.toml") == exp
     with pytest.raises(ConfigError, match="absolute"):
         run_dir_for(exp, {"run-dir": "relative/dir"})
+
+
+def test_a_run_resumes_only_on_the_engine_it_ran_on(tmp_path, tiny_path, capsys):
+    """``fedlr run --resume`` on a deployed run directory would continue it as a simulation,
+    without the SuperNodes' client state: exit 2 naming ``fedlr deploy resume``; the reverse too."""
+    from fedlr.deploy.server_app import run_dir_for
+
+    _, deployed = run_dir_for(load_experiment(tiny_path), {"run-dir": str(tmp_path / "deployed")})
+    deployed.deployment_path.write_text('{"flwr_run_id": 7, "engine": "deployment"}\n')
+    assert deployed.engine == "deployment"
+    assert main(["run", "--resume", str(deployed.path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fedlr: error: ") and f"`fedlr deploy resume {deployed.path}`" in err, err
+    assert not (deployed.path / "ledger.jsonl").exists()  # nothing ran
+
+    simulated = tmp_path / "simulated"
+    simulated.mkdir()
+    (simulated / "config.toml").write_text(tiny_path.read_text())
+    assert main(["deploy", "resume", str(simulated), "--insecure"]) == 2
+    err = capsys.readouterr().err
+    assert f"`fedlr run --resume {simulated}`" in err, err
 
 
 def test_traffic_check():

@@ -1,4 +1,4 @@
-"""``fedlr deploy certs | keys | register | superlink | supernode | submit | local``: thin shells over
+"""``fedlr deploy certs | keys | register | superlink | supernode | submit | resume | local``: thin shells over
 the modules of ``fedlr.deploy``. Bad input raises ``DeployError`` (exit 2, nothing started); a
 deployment that fails while running raises ``DeploymentFailed`` (exit 3); ``fedlr.cli`` reports
 either as one line."""
@@ -21,7 +21,7 @@ from fedlr.errors import DeployError
 
 
 def add_deploy_parser(sub) -> None:
-    """``fedlr deploy certs | keys | register | superlink | supernode | submit | local``."""
+    """``fedlr deploy certs | keys | register | superlink | supernode | submit | resume | local``."""
     d = sub.add_parser("deploy", help="run an experiment on a real SuperLink and SuperNodes (gRPC, TLS)",
                        description="Deployment on Flower's Deployment Engine; see docs/deployment.md.")
     dsub = d.add_subparsers(dest="deploy_command", required=True)
@@ -117,6 +117,13 @@ def add_deploy_parser(sub) -> None:
                         "x (num_rounds + 2))")
     c.set_defaults(func=cmd_submit)
 
+    c = dsub.add_parser("resume", help="continue a deployed run from its newest checkpoint (after a SuperLink "
+                                       "or ServerApp crash) and wait for it")
+    c.add_argument("run_dir", help="the run directory on this machine, which the SuperLink shares")
+    control_client(c)
+    c.add_argument("--timeout", type=float, default=None, help="seconds to wait for the run (default as submit)")
+    c.set_defaults(func=cmd_resume)
+
     c = dsub.add_parser("local", help="SuperLink + one SuperNode per client on this machine (loopback), run, stop")
     experiment_args(c)
     c.add_argument("--insecure", action="store_true", help="no TLS (default: TLS with certificates made here)")
@@ -207,6 +214,20 @@ def cmd_submit(args) -> int:
     exp = load_experiment(args.experiment, args.overrides)
     res = submit(exp, _connection(args), run_dir=args.run_dir, run_name=Path(args.experiment).stem,
                  wait=not args.no_wait, timeout_s=args.timeout, echo=print)
+    return _report(res)
+
+
+def cmd_resume(args) -> int:
+    """``fedlr deploy resume RUN_DIR``: the run's own experiment submitted again with ``resume``;
+    the ServerApp continues from the newest checkpoint, the SuperNodes from their ``state-dir``."""
+    from fedlr.cli import resumable_run_dir
+
+    run_dir = resumable_run_dir(args.run_dir, "deployment")
+    if run_dir.complete:
+        print(f"fedlr: {run_dir.path} is complete (summary.json exists); nothing to resume")
+        return 0
+    res = submit(run_dir.experiment(), _connection(args), run_dir=run_dir.path.resolve(), timeout_s=args.timeout,
+                 echo=print, resume=True)
     return _report(res)
 
 

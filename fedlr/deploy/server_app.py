@@ -9,11 +9,14 @@ ServerApp runs in its own process (``flwr-serverapp``) started by the SuperLink:
 - ``run_config["run-dir"]``: the absolute path of the run directory to create on the SuperLink's
   machine (empty: ``<output.dir>/<run-name>-<timestamp>`` as ``fedlr run`` does, relative to the
   SuperLink's working directory);
-- ``run_config["run-name"]``: the name stem used when ``run-dir`` is empty.
+- ``run_config["run-name"]``: the name stem used when ``run-dir`` is empty;
+- ``run_config["resume"]``: ``run-dir`` exists; continue it from its newest checkpoint
+  (``fedlr deploy resume``), a new Flower run of the same fedlr run.
 
 ``fedlr deploy submit`` fills them in (``--run-config``); the ClientApp is the simulation's
 ``fedlr.clients.app:app`` unchanged. Next to the usual run directory files it writes
-``deployment.json``: the Flower run id, Flower's version and the run config.
+``deployment.json`` (``RunDir.deployment_path``: it marks a deployed run): the Flower run id, the
+earlier ones of a resumed run, Flower's version and the run config.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from fedlr.deploy.eligibility import refuse_undeployable
 EXPERIMENT_KEY = "experiment"
 RUN_DIR_KEY = "run-dir"
 RUN_NAME_KEY = "run-name"
-DEPLOYMENT_FILE = "deployment.json"
+RESUME_KEY = "resume"
 
 
 def experiment_from_run_config(run_config: dict) -> Experiment:
@@ -74,19 +77,27 @@ def run_dir_for(exp: Experiment, run_config: dict):
 def serve(grid: Grid, context: Context) -> dict:
     """The ServerApp's body: experiment and run directory from the run config, then the same
     server loop as a simulation."""
+    from fedlr.results import RunDir
     from fedlr.results.console import Console
     from fedlr.run.server import run_server
 
     run_config = dict(context.run_config)
     exp = experiment_from_run_config(run_config)
-    exp, run_dir = run_dir_for(exp, run_config)
-    deployment = {"flwr_run_id": context.run_id, "flwr_version": flwr.__version__, "engine": "deployment",
-                  "run_config": {k: v for k, v in run_config.items() if k != EXPERIMENT_KEY}}
-    (run_dir.path / DEPLOYMENT_FILE).write_text(json.dumps(deployment, indent=2, sort_keys=True) + "\n")
+    resume = bool(run_config.get(RESUME_KEY, False))
+    earlier = []
+    if resume:
+        run_dir = RunDir.existing(str(run_config.get(RUN_DIR_KEY, "")))
+        before = json.loads(run_dir.deployment_path.read_text())
+        earlier = [*before.get("earlier_flwr_run_ids", []), before["flwr_run_id"]]
+    else:
+        exp, run_dir = run_dir_for(exp, run_config)
+    deployment = {"flwr_run_id": context.run_id, "earlier_flwr_run_ids": earlier, "flwr_version": flwr.__version__,
+                  "engine": "deployment", "run_config": {k: v for k, v in run_config.items() if k != EXPERIMENT_KEY}}
+    run_dir.deployment_path.write_text(json.dumps(deployment, indent=2, sort_keys=True) + "\n")
     console = Console(quiet=exp.output.quiet)
     console.print(f"fedlr: {exp.method.name} on {exp.data.dataset}, {exp.federation.num_clients} SuperNodes, "
                   f"Flower run {context.run_id}, run directory {run_dir.path}")
-    return run_server(grid, exp, run_dir, console)
+    return run_server(grid, exp, run_dir, console, resume=resume)
 
 
 server_app = ServerApp()

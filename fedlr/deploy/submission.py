@@ -52,6 +52,7 @@ clientapp = "{client_app}"
 experiment = ""
 run-dir = ""
 run-name = ""
+resume = false
 """
 
 
@@ -112,12 +113,14 @@ def default_run_dir(exp: Experiment, name: str) -> Path:
 
 
 def submit(exp: Experiment, connection: Connection, run_dir: str | Path | None = None, run_name: str = "deploy",
-           wait: bool = True, timeout_s: float | None = None, echo=None) -> SubmitResult:
+           wait: bool = True, timeout_s: float | None = None, echo=None, resume: bool = False) -> SubmitResult:
     """Submit ``exp`` to a running SuperLink with ``flwr run`` and (``wait``) wait for it to finish.
 
     The run directory is a path on the SuperLink's machine (absolute); with the CLI and the
     SuperLink on one machine its ledger is read back and cross-checked against Flower's traffic
-    figures (``traffic.json`` in the run directory)."""
+    figures (``traffic.json`` in the run directory). ``resume``: the run directory exists and the
+    ServerApp continues it from its newest checkpoint (``fedlr deploy resume``) as a new Flower run;
+    the SuperNodes restore their state from their ``state-dir``."""
     from fedlr.preflight import preflight
 
     refuse_undeployable(exp)
@@ -125,7 +128,7 @@ def submit(exp: Experiment, connection: Connection, run_dir: str | Path | None =
     run_dir = Path(run_dir).expanduser() if run_dir else default_run_dir(exp, run_name)
     if not run_dir.is_absolute():
         run_dir = run_dir.resolve()
-    if run_dir.exists():
+    if run_dir.exists() and not resume:
         raise DeployError(f"run directory {run_dir} already exists")
     with tempfile.TemporaryDirectory(prefix="fedlr-submit-") as tmp:
         scratch = Path(tmp)
@@ -134,7 +137,7 @@ def submit(exp: Experiment, connection: Connection, run_dir: str | Path | None =
         app = write_app_dir(scratch / "app")
         overrides = scratch / "run-config.toml"
         overrides.write_text(f"experiment = {_toml_str(exp.to_json())}\nrun-dir = {_toml_str(str(run_dir))}\n"
-                             f"run-name = {_toml_str(run_name)}\n")
+                             f"run-name = {_toml_str(run_name)}\nresume = {str(resume).lower()}\n")
         argv = [flower_bin("flwr"), "run", str(app), name, "--run-config", str(overrides)]
         if not wait:
             res = flwr_json(run_flwr(argv[1:] + ["--format", "json"], env))

@@ -8,6 +8,7 @@
       model/           the final adapters as a standard PEFT checkpoint
       checkpoints/     the server's state after the newest rounds (``fedlr run --resume``)
       client-state/    simulated clients' snapshots of their persistent state
+      deployment.json  only in a run on Flower's Deployment Engine: its Flower run id and run config
 """
 
 from __future__ import annotations
@@ -68,6 +69,21 @@ class RunDir:
     @property
     def ledger_path(self) -> Path:
         return self.path / "ledger.jsonl"
+
+    @property
+    def deployment_path(self) -> Path:
+        return self.path / "deployment.json"
+
+    @property
+    def engine(self) -> str:
+        """``"deployment"`` for a run on Flower's Deployment Engine (it wrote ``deployment.json``),
+        else ``"simulation"``: a run resumes only on the engine it ran on."""
+        return "deployment" if self.deployment_path.is_file() else "simulation"
+
+    @property
+    def complete(self) -> bool:
+        """The run wrote its summary: nothing is left to resume."""
+        return (self.path / "summary.json").is_file()
 
     @property
     def checkpoint_dir(self) -> Path:
