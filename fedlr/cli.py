@@ -113,10 +113,10 @@ def cmd_report(args) -> int:
 
 
 def cmd_plan(exp: Experiment, args) -> int:
-    from fedlr.data.corpora import load_table
     from fedlr.plan import communication_plan, format_plan
+    from fedlr.tasks import get_task
 
-    _, names = load_table(exp.data)
+    _, names = get_task(exp.model.task).load_table(exp.data)
     plan = communication_plan(exp, len(names))
     print(json.dumps(plan) if args.json else format_plan(plan))
     return 0

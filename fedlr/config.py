@@ -22,8 +22,10 @@ from fedlr.errors import ConfigError, format_validation_error
 from fedlr.methods import DEFAULT_METHOD, get_method, method_names
 from fedlr.privacy.modes import MODES, configured_mode, privacy_mode
 BUNDLED_MODEL = "bundled:all-MiniLM-L6-v2"
+BUNDLED_LLM = "bundled:SmolLM2-135M-Instruct"
 TINY_MODEL = "tiny-random-bert"
-BUNDLED_DATASETS = ("rotten_tomatoes", "sms_spam")
+TINY_LLAMA = "tiny-random-llama"
+BUNDLED_DATASETS = ("rotten_tomatoes", "sms_spam", "chatterbot")
 
 
 
@@ -36,9 +38,12 @@ class _Section(BaseModel):
 class ModelConfig(_Section):
     name_or_path: str = Field(
         BUNDLED_MODEL,
-        description=f"'{BUNDLED_MODEL}' (offline default), '{TINY_MODEL}' (unit tests), "
-        "a local folder or config.json, or a Hugging Face hub id",
+        description=f"'{BUNDLED_MODEL}' (offline default), '{BUNDLED_LLM}' (causal LM, offline), "
+        f"'{TINY_MODEL}' / '{TINY_LLAMA}' (unit tests), a local folder or config.json, or a Hugging Face hub id",
     )
+    task: Literal["classification", "causal_lm"] = Field(
+        "classification", description="classification: a labelled text table, a classifier head; causal_lm: "
+        "instruction -> response pairs, the loss on the response tokens (fedlr.tasks)")
     targets: list[str] = Field(["query", "value"], min_length=1)
     max_length: int = Field(64, ge=8, le=4096, description="tokens per example")
 
@@ -46,14 +51,16 @@ class ModelConfig(_Section):
 class DataConfig(_Section):
     dataset: str = Field(
         "rotten_tomatoes",
-        description="'rotten_tomatoes', 'sms_spam', a local .csv/.json/.jsonl/.parquet file, "
-        "or a Hugging Face dataset id",
+        description="'rotten_tomatoes', 'sms_spam', 'chatterbot' (instructions, model.task = 'causal_lm'), a local "
+        ".csv/.json/.jsonl/.parquet file, or a Hugging Face dataset id",
     )
     text_column: str = "text"
     label_column: str = "label"
+    instruction_column: str = Field("instruction", description="causal_lm: the column with the prompts")
+    response_column: str = Field("response", description="causal_lm: the column with the answers")
     partitioner: Literal["natural", "iid", "dirichlet"] = "natural"
     partition_by: str | None = Field(
-        None, description="natural: the id column (default movie_name for rotten_tomatoes)"
+        None, description="natural: the id column (default movie_name for rotten_tomatoes, category for chatterbot)"
     )
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration over labels")
     test_fraction: float = Field(0.2, gt=0, lt=1)
@@ -348,6 +355,20 @@ class Experiment(_Section):
                 f"privacy.mode {mode.name!r} hands the server one averaged update (clipped and noised), so the run "
                 "would be neither exact nor the published method; use privacy.mode 'sample' (DP-SGD in each client) "
                 f"or a method exact on one averaged update ({', '.join(exact_on_combined_update())})")
+        return self
+
+    @model_validator(mode="after")
+    def _data_fits_the_task(self) -> "Experiment":
+        instructions = self.data.dataset == "chatterbot"
+        if self.model.task == "causal_lm":
+            if self.data.dataset in ("rotten_tomatoes", "sms_spam"):
+                raise ValueError(f"data.dataset: {self.data.dataset!r} is a labelled corpus and model.task is "
+                                 "'causal_lm'; use 'chatterbot' or a file with instruction/response columns")
+            if self.data.partitioner == "dirichlet":
+                raise ValueError("data.partitioner: 'dirichlet' splits by label and instruction data has none; "
+                                 "use 'natural' (data.partition_by) or 'iid'")
+        elif instructions:
+            raise ValueError("data.dataset: 'chatterbot' is instruction data; set model.task = 'causal_lm'")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -23,6 +23,8 @@ arithmetic — run once over K·B rows instead of K times over B rows.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -129,18 +131,16 @@ class FusedClients:
 
 def fused_batch(datasets: list[TokenizedSet], indices: list[torch.Tensor]) -> dict[str, torch.Tensor]:
     """The K clients' batches as one: block k is client k's rows, all padded to the widest row."""
-    parts = [d.batch(i) for d, i in zip(datasets, indices)]
-    width = max(p["input_ids"].shape[1] for p in parts)
-    pad = datasets[0].pad_id
-    ids = torch.cat([F.pad(p["input_ids"], (0, width - p["input_ids"].shape[1]), value=pad) for p in parts])
-    mask = torch.cat([F.pad(p["attention_mask"], (0, width - p["attention_mask"].shape[1])) for p in parts])
-    return {"input_ids": ids, "attention_mask": mask, "labels": torch.cat([p["labels"] for p in parts])}
+    width = max(d.width(i) for d, i in zip(datasets, indices))
+    parts = [d.batch(i, width) for d, i in zip(datasets, indices)]
+    return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
 
 
-def client_losses(logits: torch.Tensor, labels: torch.Tensor, num_clients: int) -> torch.Tensor:
-    """(K,) the mean cross-entropy over each client's block; the gradient of their sum in θ_k is
-    client k's own."""
-    return F.cross_entropy(logits, labels, reduction="none").reshape(num_clients, -1).mean(dim=1)
+def client_losses(logits: torch.Tensor, labels: torch.Tensor, num_clients: int,
+                  example_losses=partial(F.cross_entropy, reduction="none")) -> torch.Tensor:
+    """(K,) the mean loss over each client's block (``example_losses``: the task's (N,) losses of
+    the rows, ``fedlr.tasks``); the gradient of their sum in θ_k is client k's own."""
+    return example_losses(logits, labels).reshape(num_clients, -1).mean(dim=1)
 
 
 def fused_local_train(adapted: AdaptedModel, states: list[State], datasets: list[TokenizedSet], cfg: TrainConfig,
@@ -164,7 +164,7 @@ def fused_local_train(adapted: AdaptedModel, states: list[State], datasets: list
             for step in range(cfg.local_steps):
                 batch = {n: v.to(device) for n, v in fused_batch(datasets, [p[step] for p in plans]).items()}
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                per_client = client_losses(logits, batch["labels"], k)
+                per_client = client_losses(logits, batch["labels"], k, adapted.task.example_losses)
                 optimizer.zero_grad(set_to_none=True)
                 per_client.sum().backward()
                 if cfg.max_grad_norm is not None:

@@ -6,17 +6,18 @@ the field; privacy warnings (δ ≥ 1/n) are logged."""
 from __future__ import annotations
 
 from fedlr.config import Experiment
-from fedlr.data.corpora import NATURAL_ID, load_table
+from fedlr.data.corpora import NATURAL_ID
 from fedlr.data.partition import partition_rows, split_local, split_test
 from fedlr.methods import get_method
 from fedlr.models.adapted import build_adapted_model
 from fedlr.privacy.planning import check_privacy
+from fedlr.tasks import get_task
 
 
 def preflight(exp: Experiment) -> int:
     """Validate ``exp`` end to end on the meta device; return the number of labels."""
     get_method(exp.method.name)
-    table, names = load_table(exp.data)
+    table, names = get_task(exp.model.task).load_table(exp.data)
     train, _ = split_test(table, exp.data, exp.seed)
     parts = partition_rows(table, train, exp.data, NATURAL_ID.get(exp.data.dataset), exp.federation.num_clients,
                            exp.seed)

@@ -1,4 +1,4 @@
-"""Local training and evaluation of a sequence classifier on tokenized examples."""
+"""Local training on tokenized examples (any task: the loss is the model's own, ``fedlr.tasks``)."""
 
 from __future__ import annotations
 
@@ -66,21 +66,6 @@ def local_train(model: nn.Module, params: list[nn.Parameter], head_params: list[
         losses.append(loss.item())
     model.eval()
     return TrainResult(sum(losses) / len(losses), len(losses), len(data))
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, data: TokenizedSet, batch_size: int, device: torch.device) -> EvalResult:
-    model.eval()
-    if len(data) == 0:
-        return EvalResult(float("nan"), float("nan"), 0)
-    total_loss, correct = 0.0, 0
-    for start in range(0, len(data), batch_size):
-        idx = list(range(start, min(start + batch_size, len(data))))
-        batch = {k: v.to(device) for k, v in data.batch(idx).items()}
-        out = model(**batch)
-        total_loss += out.loss.item() * len(idx)
-        correct += (out.logits.argmax(-1) == batch["labels"]).sum().item()
-    return EvalResult(total_loss / len(data), correct / len(data), len(data))
 
 
 def summed_weight_gradients(model: nn.Module, weights: dict[str, nn.Parameter], data: TokenizedSet,

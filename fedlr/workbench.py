@@ -24,7 +24,7 @@ from fedlr.privacy import modes
 from fedlr.privacy.noise import noise_generator
 from fedlr.privacy.planning import PrivacyPlan, plan_privacy
 from fedlr.seeding import derive_seed, torch_generator
-from fedlr.train import EvalResult, evaluate, local_train, summed_weight_gradients
+from fedlr.train import EvalResult, local_train, summed_weight_gradients
 
 State = dict[str, torch.Tensor]
 
@@ -138,8 +138,8 @@ class Workbench:
         """The loaded model on the client's validation split (``evaluation.client_side``)."""
         if not self.exp.evaluation.client_side:
             return {}
-        ev = evaluate(self.adapted.model, self.data.client_val(partition_id), self.exp.evaluation.batch_size,
-                      self.device)
+        ev = self.adapted.task.evaluate(self.adapted.model, self.data.client_val(partition_id),
+                                        self.exp.evaluation.batch_size, self.device)
         return {"val_loss": ev.loss, "val_accuracy": ev.accuracy, "val_examples": ev.num_examples} if ev.num_examples else {}
 
     def released(self, trained: State, received: State, partition_id: int, server_round: int) -> State:
@@ -170,7 +170,8 @@ class Workbench:
     def central_eval(self, global_state: State, once_state: State) -> EvalResult:
         self.adapted.use_rank(self.exp.method.rank, self.exp.seed)  # the server's rank, after any client's
         self.load(once_state, global_state)
-        return evaluate(self.adapted.model, self.data.test(), self.exp.evaluation.batch_size, self.device)
+        return self.adapted.task.evaluate(self.adapted.model, self.data.test(), self.exp.evaluation.batch_size,
+                                          self.device)
 
 
 _WORKBENCHES: dict[str, Workbench] = {}

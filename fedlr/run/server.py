@@ -62,13 +62,15 @@ def run_server(grid: Grid, exp: Experiment, run_dir: RunDir, console: Console, r
     aggregated = sum(1 for r in rows if r["round"] > 0 and r.get("aggregated"))
     if exp.output.export_peft and aggregated:  # an untrained model is no result
         export_model(bench, run_dir.model_dir)
+    adapted.task.write_samples(bench, run_dir.path)  # a language model's answers to a few held-out prompts
     accs = [r["eval_accuracy"] for r in rows if r["eval_accuracy"] is not None]
+    losses = [r["eval_loss"] for r in rows if r["eval_loss"] is not None]
     last = rows[-1]
     summary = {
         "method": exp.method.name, "rank": exp.method.rank, "num_rounds": exp.federation.num_rounds,
         "num_clients": exp.federation.num_clients, "clients_per_round": exp.federation.clients_per_round,
         "final_accuracy": accs[-1] if accs else None, "best_accuracy": max(accs) if accs else None,
-        "majority_rate": bench.data.majority_rate(), "test_examples": len(bench.data.central_test_rows),
+        **adapted.task.summary(bench, losses[-1] if losses else None), "test_examples": len(bench.data.central_test_rows),
         "uplink_bytes": last["cumulative_uplink_bytes"], "downlink_bytes": last["cumulative_downlink_bytes"],
         "total_bytes": last["cumulative_bytes"],
         "trained_params": sum(v.numel() for k, v in final_state.items() if k in adapted.trained_keys),
