@@ -15,6 +15,7 @@ from pathlib import Path
 from fedlr import __version__
 from fedlr.config import ConfigError, Experiment, load_experiment
 from fedlr.errors import FedlrError
+from fedlr.run.simulation import RunInterrupted
 
 DESCRIPTION = "Federated, differentially private fine-tuning with low-rank adapters, on Flower."
 EPILOG = ("exit codes: 0 done; 1 a run that did not complete (a sweep with failed runs, a deployed run that "
@@ -198,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     except FedlrError as e:
         print(f"fedlr: error: {e}", file=sys.stderr)
         return e.exit_code
+    except RunInterrupted as e:  # one Ctrl-C: the run stopped in order, and can resume
+        print(f"fedlr: {e}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -45,23 +45,36 @@ def final_state(run_dir):
     return r, saved["state"]
 
 
-def kill_after_round(cmd, ledger, k, timeout=600):
-    """Start ``fedlr run`` in its own process group; SIGKILL the group once round k is in the ledger."""
-    proc = subprocess.Popen([sys.executable, "-m", "fedlr.cli", *cmd], start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def start_run(cmd, **popen):
+    """``fedlr run`` in its own process group (so a signal reaches it and its workers, as a terminal's)."""
+    return subprocess.Popen([sys.executable, "-m", "fedlr.cli", *cmd], start_new_session=True, **popen)
+
+
+def wait_for_round(proc, ledger, k, timeout=600):
+    """Return once round k is in the ledger; fail if the run ended first."""
     deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if ledger.exists() and len(ledger.read_text().splitlines()) > k:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before round k could be interrupted"
+
+
+def kill_group(proc):
     try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if ledger.exists() and len(ledger.read_text().splitlines()) > k:
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, "the run ended before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def kill_after_round(cmd, ledger, k, timeout=600):
+    """Start ``fedlr run``; SIGKILL its process group once round k is in the ledger."""
+    proc = start_run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_round(proc, ledger, k, timeout)
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
+        kill_group(proc)
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +103,32 @@ def test_killed_run_resumes_to_the_identical_ledger_and_model(uninterrupted, tin
     (r1, s1), (r2, s2) = final_state(uninterrupted), final_state(run_dir)
     assert r1 == r2 == 4 and s1.keys() == s2.keys()
     assert all(torch.equal(s1[key], s2[key]) for key in s1)
+
+
+def test_one_ctrl_c_stops_the_run_cleanly_and_it_resumes(tiny_path, tmp_path):
+    """SIGINT to the whole process group, as a terminal's Ctrl-C: the run ends (exit 130) within
+    seconds, without a traceback, prints the --resume command, and resumes from its checkpoint."""
+    name, overrides = "interrupted", ["method.name=fedit", "federation.num_rounds=8", "train.local_steps=30",
+                                      "output.export_peft=false"]
+    proc = start_run(args(tiny_path, tmp_path, name, overrides), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                     text=True)
+    try:
+        wait_for_round(proc, tmp_path / name / "ledger.jsonl", 1)
+        os.killpg(proc.pid, signal.SIGINT)
+        sent = time.monotonic()
+        output, _ = proc.communicate(timeout=120)
+        stopped_in = time.monotonic() - sent
+    finally:
+        kill_group(proc)
+    assert proc.returncode == 130, output[-3000:]
+    assert stopped_in < 60 and "Traceback" not in output, output[-3000:]
+    last = read_ledger(tmp_path / name)[-1]["round"]
+    assert 1 <= last < 8 and f"fedlr run --resume {tmp_path / name}" in output
+    assert f"interrupted after round {last} of 8" in output
+    assert checkpoint.latest(tmp_path / name / "checkpoints")[0] == last  # intact: it verifies
+    assert not (tmp_path / name / "summary.json").exists()
+    assert main(["run", "--resume", str(tmp_path / name), "--quiet"]) == 0
+    assert [r["round"] for r in read_ledger(tmp_path / name)] == list(range(9))
 
 
 def test_resume_refuses_a_run_without_checkpoints(tmp_path, tiny_path, capsys):

@@ -21,7 +21,9 @@ up to that on each side (tiny-model rounds showed a 0.1 s staircase, ``benchmark
 as more are: a look costs a few µs per pending message, and 100 looks a second at 256 pending
 enrollment queries slowed 10,000-client setup from 76–80 s to 91–92 s
 (``benchmarks/poll_interval.txt``), while rounds gained 0.09 s.
-``fast_pull`` gives the ServerApp's in-memory grid the same schedule for collecting replies.
+``fast_pull`` gives the ServerApp's in-memory grid the same schedule for collecting replies, and
+``stop_when`` lets a Ctrl-C end the ServerApp's thread, which would otherwise wait for replies up
+to ``federation.round_timeout_s``.
 """
 
 from __future__ import annotations
@@ -114,3 +116,22 @@ def fast_pull(grid) -> None:
         return send(messages, timeout=timeout)
 
     grid.send_and_receive = send_and_receive
+
+
+class ServerStopped(RuntimeError):
+    """Raised in the ServerApp's thread by a grid whose stop event is set (``stop_when``)."""
+
+
+def stop_when(grid, stop: threading.Event) -> None:
+    """Make ``grid``'s next call that sends, waits for replies or waits for clients raise
+    ``ServerStopped`` once ``stop`` is set, so the ServerApp's thread ends within one poll interval.
+    The round in progress is dropped; every finished round's checkpoint is already on disk."""
+    for name in ("push_messages", "pull_messages", "get_node_ids"):
+        call = getattr(grid, name)
+
+        def guarded(*args, _call=call, _name=name, **kwargs):
+            if stop.is_set():
+                raise ServerStopped(f"the run was interrupted (grid.{_name})")
+            return _call(*args, **kwargs)
+
+        setattr(grid, name, guarded)

@@ -4,7 +4,9 @@ summary and the exported model. With ``resume`` it continues from the newest val
 
 from __future__ import annotations
 
+import threading
 import time
+
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
@@ -108,9 +110,11 @@ def privacy_summary(exp: Experiment, plan, last_row: dict) -> dict:
     }
 
 
-def make_server_app(exp: Experiment, run_dir: RunDir, console: Console, result: dict, resume: bool = False) -> ServerApp:
+def make_server_app(exp: Experiment, run_dir: RunDir, console: Console, result: dict, resume: bool = False,
+                    stop: threading.Event | None = None) -> ServerApp:
     """A simulation's ServerApp bound to one experiment; the summary lands in ``result``. The
-    simulated clients snapshot their state under the run directory (when checkpoints are on)."""
+    simulated clients snapshot their state under the run directory (when checkpoints are on).
+    Setting ``stop`` ends the ServerApp at its next exchange with the clients."""
     app = ServerApp()
     client_state_dir = str(run_dir.client_state_dir.resolve()) if exp.output.checkpoint else None
 
@@ -119,6 +123,8 @@ def make_server_app(exp: Experiment, run_dir: RunDir, console: Console, result: 
         from fedlr.run import engine_poll
 
         engine_poll.fast_pull(grid)  # replies looked for every 0.01 s while few are pending, not 0.1 s
+        if stop is not None:
+            engine_poll.stop_when(grid, stop)
         result.update(run_server(grid, exp, run_dir, console, resume=resume, client_state_dir=client_state_dir))
 
     return app

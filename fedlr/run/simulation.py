@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import sys
+import threading
+from contextlib import contextmanager
 
 from fedlr.config import Experiment
 from fedlr.errors import FedlrError
@@ -61,11 +65,16 @@ def simulate(exp: Experiment, run_dir: RunDir, console: Console, resume: bool = 
     FLOWER_LOGGER.setLevel(logging.ERROR)  # client failures still show; fedlr logs its own warnings
     engine_poll.install()  # one scan of the message store per poll, not one per client
     result: dict = {}
-    run_simulation(
-        server_app=make_server_app(exp, run_dir, console, result, resume=resume), client_app=client_app,
-        num_supernodes=exp.federation.num_clients, backend_name="ray", backend_config=backend_config(exp),
-        verbose_logging=False,
-    )
+    stop = threading.Event()
+    try:
+        with first_interrupt_sets(stop):
+            run_simulation(
+                server_app=make_server_app(exp, run_dir, console, result, resume=resume, stop=stop),
+                client_app=client_app, num_supernodes=exp.federation.num_clients, backend_name="ray",
+                backend_config=backend_config(exp), verbose_logging=False,
+            )
+    except engine_poll.ServerStopped:
+        raise RunInterrupted(_resume_hint(exp, run_dir)) from None
     if not result:
         raise RuntimeError("the simulation ended without a result (see the log above)")
     if "error" in result:
@@ -77,3 +86,46 @@ class RunFailed(FedlrError, RuntimeError):
     """The run went through every round but produced no result (its summary.json says why): exit 1."""
 
     exit_code = 1
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A Ctrl-C stopped the run; the message says how to resume it."""
+
+
+def _resume_hint(exp: Experiment, run_dir: RunDir) -> str:
+    from fedlr import checkpoint
+
+    rounds = checkpoint.rounds(run_dir.checkpoint_dir) if exp.output.checkpoint else []
+    if not rounds:
+        why = "output.checkpoint is false" if not exp.output.checkpoint else "no round had finished"
+        return f"interrupted; {run_dir.path} cannot be resumed ({why})"
+    return (f"interrupted after round {rounds[-1]} of {exp.federation.num_rounds}; continue with:\n"
+            f"  fedlr run --resume {run_dir.path}")
+
+
+@contextmanager
+def first_interrupt_sets(stop: threading.Event):
+    """While a simulation runs, the first Ctrl-C (SIGINT) only sets ``stop``: the ServerApp ends
+    at its next exchange with the clients (``engine_poll.stop_when``), after the round it is
+    writing, and Flower then stops its workers and Ray in order. A KeyboardInterrupt raised
+    anywhere in Flower's threads instead left its ServerApp waiting for replies up to
+    ``round_timeout_s`` and its workers for actors Ray no longer ran. A second Ctrl-C interrupts
+    at once. Outside the main thread (where signals cannot be caught) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    from flwr.common.logger import FLOWER_LOGGER
+
+    def on_interrupt(signum, frame) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        FLOWER_LOGGER.setLevel(logging.CRITICAL)  # clients cut off mid-task are expected now
+        print("fedlr: stopping after the current round's writes (Ctrl-C again to stop at once)",
+              file=sys.stderr, flush=True)
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
