@@ -39,13 +39,13 @@ def test_a_requested_extra_declares_what_it_adds():
 
 
 def test_pyproject_declares_every_import_and_the_experiments():
+    """(Whether what is installed fits the declared ranges depends on the environment: CI's step.)"""
     requirements = [*check_deps.declared_requirements(ROOT / "pyproject.toml"),
                     *check_deps.file_requirements(ROOT / "requirements-nodeps.txt")]
     imports = check_deps.imported_modules(ROOT, check_deps.SCANNED)
     assert {"psutil", "cryptography", "hypothesis"} <= set(imports)
     declared = check_deps.declared_distributions(requirements)
     assert check_deps.undeclared_imports(imports, declared, check_deps.local_modules(ROOT)) == []
-    assert check_deps.version_problems(requirements) == []
     setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     assert setuptools["package-dir"]["fedlr.experiments"] == "experiments"
     assert setuptools["package-data"]["fedlr.experiments"] == ["*.toml"]
