@@ -248,3 +248,22 @@ def test_instruction_data_is_refused_where_it_does_not_fit(tmp_path):
         "dataset": str(jsonl), "instruction_column": "q", "response_column": "a"}})
     table = load_instructions(exp.data)
     assert table[["instruction", "response"]].values.tolist() == [["Hi?", "Hello."]]
+
+
+def test_a_causal_lm_run_resumes_from_its_checkpoint_to_the_same_ledger(tmp_path, monkeypatch):
+    """Round 2's checkpoint lost (a kill after round 1): resuming replays round 2 exactly."""
+    from fedlr import checkpoint
+    from fedlr.clients.app import app
+    from fedlr.run.server import run_server
+
+    monkeypatch.setattr(workbench, "_WORKBENCHES", {})
+    exp = tiny(tmp_path, "data.max_test_examples=8", "output.export_peft=false", "evaluation.client_side=false")
+    path, _ = run_in_process(exp, "resumed")
+    full = ledger(path)
+    assert checkpoint.rounds(path / "checkpoints") == [1, 2]
+    checkpoint.path_for(path / "checkpoints", 2).unlink()
+    run_server(InProcessGrid(app, exp.federation.num_clients), exp, RunDir.existing(path), Console(quiet=True),
+               resume=True)
+    timing = ("wall_time_s",)
+    assert [{k: v for k, v in r.items() if k not in timing} for r in ledger(path)] == \
+        [{k: v for k, v in r.items() if k not in timing} for r in full]
