@@ -26,7 +26,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from functools import cached_property
 from typing import Callable, Iterable
 
 import torch
@@ -92,11 +91,12 @@ class FedLRStrategy(FedAvg):
         FedLRStrategy.__init__(strategy, exp, **options)
         return strategy
 
-    @cached_property
+    @property
     def privacy(self) -> PrivacyPlan | None:
-        if self._privacy is not None or not self.exp.privacy.enabled:
-            return self._privacy
-        return self.workbench.privacy
+        """The run's privacy plan (None without DP)."""
+        if self._privacy is None and self.exp.privacy.enabled:
+            self._privacy = self.workbench.privacy
+        return self._privacy
 
     @property
     def workbench(self):

@@ -1,7 +1,8 @@
 """Enrollment: wait for every client, send it the experiment, learn its partition id.
 
 Two nodes claiming one partition id would train on the same data while another partition never
-trains (one of them would silently idle): that is refused, naming both nodes.
+trains (one of them would silently idle): that is refused, naming both nodes; so is a partition id
+outside 0..N−1.
 """
 
 from __future__ import annotations
@@ -24,14 +25,17 @@ class EnrollmentError(RuntimeError):
     """The clients that answered cannot make up the federation (a partition claimed twice or by nobody)."""
 
 
-def partitions_of(replies: Iterable[Message], node_of: dict[int, int]) -> None:
-    """Add each enrollment reply's (partition id -> node id) to ``node_of``; a partition id that
-    two nodes report is refused, naming both."""
+def partitions_of(replies: Iterable[Message], node_of: dict[int, int], num_clients: int) -> None:
+    """Add each enrollment reply's (partition id -> node id) to ``node_of``; a partition id out of
+    range, or one that two nodes report, is refused, naming the nodes."""
     for reply in replies:
         if reply.has_error():
             raise EnrollmentError(f"client enrollment failed: {reply.error.reason}")
         pid = int(reply.content["metrics"][PARTITION_KEY])
         node = reply.metadata.src_node_id
+        if not 0 <= pid < num_clients:
+            raise EnrollmentError(f"node {node} reports partition-id {pid}, outside 0..{num_clients - 1} "
+                                  f"(federation.num_clients = {num_clients})")
         if pid in node_of and node_of[pid] != node:
             raise EnrollmentError(
                 f"nodes {node_of[pid]} and {node} both report partition-id {pid}: each client needs its own "
@@ -59,7 +63,7 @@ def enroll(strategy: "FedLRStrategy", grid: Grid) -> None:
     for start in range(0, len(node_ids), ENROLL_BATCH):
         batch = node_ids[start:start + ENROLL_BATCH]
         msgs = [Message(content, dst_node_id=n, message_type=MessageType.QUERY) for n in batch]
-        partitions_of(grid.send_and_receive(msgs, timeout=exp.federation.enroll_timeout_s), strategy.node_of)
+        partitions_of(grid.send_and_receive(msgs, timeout=exp.federation.enroll_timeout_s), strategy.node_of, want)
     missing = sorted(set(range(want)) - set(strategy.node_of))
     if missing:
         raise EnrollmentError(f"no client reported partition ids {missing}")

@@ -43,6 +43,16 @@ def test_two_nodes_claiming_one_partition_are_refused_naming_both():
     assert "--node-config 'partition-id=N'" in str(e.value)
 
 
+def test_a_partition_id_out_of_range_is_refused_naming_the_node():
+    from fedlr.clients.app import app
+
+    exp = load_experiment(TINY, ['method.name="fedit"', "federation.num_clients=2", "federation.clients_per_round=2"])
+    grid = InProcessGrid(app, 2)
+    grid.contexts[2].node_config["partition-id"] = 7
+    with pytest.raises(EnrollmentError, match=r"node 2 reports partition-id 7, outside 0\.\.1"):
+        enroll(FedIT.from_experiment(exp), grid)
+
+
 def test_enrollment_maps_each_partition_to_its_node():
     from fedlr.clients.app import app
 
