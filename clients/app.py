@@ -30,7 +30,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedlr.config import experiment_from_json
-from fedlr.deploy.node_config import experiment_mismatch
+from fedlr.deploy.node_config import client_file, data_mismatch, experiment_mismatch
 from fedlr.faults import fault_for, garbage, inject
 from fedlr.privacy.accountant import StepAccountant
 from fedlr.compression.base import canonical_keys
@@ -66,6 +66,11 @@ def _experiment(context: Context):
     return exp
 
 
+def _workbench(exp, context: Context):
+    """This process's workbench: on the client's own file where its node config names one."""
+    return get_workbench(exp, client_file(context.node_config))
+
+
 def _state_dir(context: Context) -> str | None:
     return context.state[STATE_CONFIG].get(STATE_DIR_KEY) if STATE_CONFIG in context.state else None
 
@@ -79,10 +84,14 @@ def enroll(msg: Message, context: Context) -> Message:
     state_dir = context.node_config.get(STATE_DIR_KEY, query.get(STATE_DIR_KEY))
     if state_dir:
         mine[STATE_DIR_KEY] = str(state_dir)
+    exp = experiment_from_json(query[EXPERIMENT_KEY])
+    if (problem := data_mismatch(context.node_config, exp)) is not None:
+        raise RuntimeError(f"partition {_partition_id(context)}: {problem}")
+    if (own := client_file(context.node_config)) is not None:
+        own.load(exp)  # a missing column or a label data.labels does not name fails here, before round 1
     context.state[STATE_CONFIG] = ConfigRecord(mine)
     resume_round = int(query.get(RESUME_ROUND_KEY, -1))
     if resume_round >= 0 and state_dir:
-        exp = _experiment(context)
         client_snapshots.restore(state_dir, _partition_id(context), resume_round, context.state, STATE_ACCOUNTANT,
                                  keep_newest_accountant=exp.privacy.noise_source == "secure")
     return Message(RecordDict({"metrics": MetricRecord({PARTITION_KEY: _partition_id(context)})}), reply_to=msg)
@@ -91,7 +100,7 @@ def enroll(msg: Message, context: Context) -> Message:
 @app.train("sb_init")
 def sb_init(msg: Message, context: Context) -> Message:
     exp = _experiment(context)
-    grads, n = get_workbench(exp).init_gradients(_partition_id(context), exp.method.init_examples)
+    grads, n = _workbench(exp, context).init_gradients(_partition_id(context), exp.method.init_examples)
     content = RecordDict({"grads": to_record(grads), "metrics": MetricRecord(released_metrics(exp, {"num-examples": n}))})
     return Message(content, reply_to=msg)
 
@@ -110,7 +119,7 @@ def train(msg: Message, context: Context) -> Message:
     if fault is not None:
         inject(fault, exp, server_round, _partition_id(context))
     once = from_record(context.state[STATE_ONCE]) if STATE_ONCE in context.state else {}
-    bench = get_workbench(exp)
+    bench = _workbench(exp, context)
     accountant = None
     if bench.privacy_mode.client_accountant:
         accountant = load_accountant(context, bench.privacy.accountant)
@@ -142,7 +151,7 @@ def train_fused(msg: Message, context: Context) -> Message:
     exp = _experiment(context)
     config = msg.content["config"]
     once = from_record(msg.content["once"]) if "once" in msg.content.array_records else {}
-    results = get_workbench(exp).fused_round([int(p) for p in config[FUSED_KEY]], int(config["server-round"]),
+    results = _workbench(exp, context).fused_round([int(p) for p in config[FUSED_KEY]], int(config["server-round"]),
                                              from_record(msg.content["arrays"]), once)
     content = RecordDict()
     for pid, (update, metrics) in results.items():

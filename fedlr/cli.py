@@ -127,8 +127,10 @@ def cmd_run(exp: Experiment, args) -> int:
     from fedlr.preflight import preflight
     from fedlr.results import RunDir
     from fedlr.results.console import Console
+    from fedlr.data.corpora import refuse_client_files
     from fedlr.run.simulation import simulate
 
+    refuse_client_files(exp.data)
     preflight(exp)
     run_dir = RunDir.create(exp, Path(args.experiment).stem)
     console = Console(quiet=args.quiet or exp.output.quiet)

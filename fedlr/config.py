@@ -26,6 +26,7 @@ BUNDLED_LLM = "bundled:SmolLM2-135M-Instruct"
 TINY_MODEL = "tiny-random-bert"
 TINY_LLAMA = "tiny-random-llama"
 BUNDLED_DATASETS = ("rotten_tomatoes", "sms_spam", "chatterbot")
+CLIENT_FILES = "client-files"  # data.dataset: every deployed client trains on its own file (docs/deployment.md)
 
 
 
@@ -52,12 +53,19 @@ class DataConfig(_Section):
     dataset: str = Field(
         "rotten_tomatoes",
         description="'rotten_tomatoes', 'sms_spam', 'chatterbot' (instructions, model.task = 'causal_lm'), a local "
-        ".csv/.json/.jsonl/.parquet file, or a Hugging Face dataset id",
+        ".csv/.json/.jsonl/.parquet file, a Hugging Face dataset id, or '" + CLIENT_FILES + "' (deployment: each "
+        "SuperNode's own file, no corpus)",
     )
     text_column: str = "text"
     label_column: str = "label"
     instruction_column: str = Field("instruction", description="causal_lm: the column with the prompts")
     response_column: str = Field("response", description="causal_lm: the column with the answers")
+    labels: list[str] | None = Field(
+        None, min_length=2, description=f"the label names in class order; required with '{CLIENT_FILES}', where no "
+        "party sees every label (otherwise they come from the data)")
+    test_file: str | None = Field(
+        None, description="central evaluation on this file (same columns) instead of a test_fraction split of the "
+        "data; the server's own test data under '" + CLIENT_FILES + "'")
     partitioner: Literal["natural", "iid", "dirichlet"] = "natural"
     partition_by: str | None = Field(
         None, description="natural: the id column (default movie_name for rotten_tomatoes, category for chatterbot)"
@@ -67,6 +75,25 @@ class DataConfig(_Section):
     val_fraction: float = Field(0.1, ge=0, lt=1, description="of each client's data, for client-side eval")
     max_train_examples: int | None = Field(None, gt=0, description="random subset of the train rows")
     max_test_examples: int | None = Field(500, gt=0, description="central test rows evaluated per round")
+
+    @property
+    def client_files(self) -> bool:
+        return self.dataset == CLIENT_FILES
+
+    @model_validator(mode="after")
+    def _labels_where_needed(self) -> "DataConfig":
+        if self.client_files and self.labels is None:
+            raise ValueError(f"data.labels: with data.dataset = '{CLIENT_FILES}' no party sees every label; name them "
+                             "in class order, e.g. labels = [\"negative\", \"positive\"]")
+        if self.labels is not None and not self.client_files:
+            raise ValueError(f"data.labels: only with data.dataset = '{CLIENT_FILES}' (otherwise the labels come from "
+                             "the data)")
+        if self.test_file is not None and not self.client_files:
+            raise ValueError(f"data.test_file: only with data.dataset = '{CLIENT_FILES}' (a corpus is tested on its "
+                             "data.test_fraction split)")
+        if self.labels is not None and len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"data.labels: names repeat: {self.labels}")
+        return self
 
 
 class MethodConfig(_Section):
@@ -318,6 +345,22 @@ class Experiment(_Section):
         if reason is not None:
             raise ValueError(f"federation.fused_clients = {self.federation.fused_clients}: {reason}; set "
                              "federation.fused_clients = 1")
+        return self
+
+    @model_validator(mode="after")
+    def _client_files_fit_the_run(self) -> "Experiment":
+        if not self.data.client_files:
+            return self
+        if self.model.task != "classification":
+            raise ValueError(f"data.dataset = '{CLIENT_FILES}' holds labelled text for model.task = 'classification'; "
+                             f"{self.model.task!r} needs a corpus")
+        if self.evaluation.central and self.data.test_file is None:
+            raise ValueError(f"data.test_file: with data.dataset = '{CLIENT_FILES}' the server holds no client data; "
+                             "give it its own test file for central evaluation, or set evaluation.central = false")
+        if self.privacy.enabled:
+            raise ValueError(f"privacy.mode {self.privacy.mode!r} with data.dataset = '{CLIENT_FILES}': the privacy "
+                             "plan needs every client's dataset size before round 1, which the server does not hold; "
+                             "not supported yet (use partitioned data for DP runs)")
         return self
 
     @model_validator(mode="after")

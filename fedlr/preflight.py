@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from fedlr.config import Experiment
 from fedlr.data.corpora import NATURAL_ID
+from fedlr.data.federated import server_test_table
 from fedlr.data.partition import partition_rows, split_local, split_test
 from fedlr.methods import get_method
 from fedlr.models.adapted import build_adapted_model
@@ -15,8 +16,14 @@ from fedlr.tasks import get_task
 
 
 def preflight(exp: Experiment) -> int:
-    """Validate ``exp`` end to end on the meta device; return the number of labels."""
+    """Validate ``exp`` end to end on the meta device; return the number of labels. Under
+    client-owned data (``data.dataset = 'client-files'``) the data checked is the server's test
+    file: the clients' files are checked by their SuperNodes."""
     get_method(exp.method.name)
+    if exp.data.client_files:
+        server_test_table(exp)
+        build_adapted_model(exp, len(exp.data.labels), meta=True)
+        return len(exp.data.labels)
     table, names = get_task(exp.model.task).load_table(exp.data)
     train, _ = split_test(table, exp.data, exp.seed)
     parts = partition_rows(table, train, exp.data, NATURAL_ID.get(exp.data.dataset), exp.federation.num_clients,

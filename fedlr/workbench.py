@@ -13,7 +13,7 @@ from functools import cached_property
 import torch
 
 from fedlr.config import Experiment
-from fedlr.data import FederatedData
+from fedlr.data import ClientFile, FederatedData
 from fedlr.fused import fused_local_train
 from fedlr.models import choose_device, load_tokenizer
 from fedlr.models.adapted import AdaptedModel, adapter_paths, build_adapted_model
@@ -30,11 +30,12 @@ State = dict[str, torch.Tensor]
 
 
 class Workbench:
-    def __init__(self, exp: Experiment):
+    def __init__(self, exp: Experiment, own: ClientFile | None = None):
+        """``own``: a deployed client's own file (client-owned data, ``fedlr.data.ClientFile``)."""
         started = time.perf_counter()
         self.exp = exp
         self.device = choose_device(exp.federation.num_gpus)
-        self.data = FederatedData(exp, load_tokenizer(exp.model))
+        self.data = FederatedData(exp, load_tokenizer(exp.model), own)
         self.adapted: AdaptedModel = build_adapted_model(exp, self.data.num_labels)
         self.adapted.model.to(self.device)
         self.build_seconds = time.perf_counter() - started
@@ -51,6 +52,8 @@ class Workbench:
     @cached_property
     def privacy(self) -> PrivacyPlan | None:
         """σ and the ε plan, from the config and the clients' sizes (same in every process)."""
+        if not self.exp.privacy.enabled:
+            return None
         sizes = [len(self.data.client_rows(pid)[0]) for pid in range(self.exp.federation.num_clients)]
         return plan_privacy(self.exp, sizes)
 
@@ -174,13 +177,13 @@ class Workbench:
                                           self.device)
 
 
-_WORKBENCHES: dict[str, Workbench] = {}
+_WORKBENCHES: dict[tuple[str, ClientFile | None], Workbench] = {}
 
 
-def get_workbench(exp: Experiment) -> Workbench:
-    """The process-wide workbench for ``exp`` (one experiment kept at a time)."""
-    key = exp.fingerprint()
+def get_workbench(exp: Experiment, own: ClientFile | None = None) -> Workbench:
+    """The process-wide workbench for ``exp`` (and a deployed client's own file; one kept at a time)."""
+    key = (exp.fingerprint(), own)
     if key not in _WORKBENCHES:
         _WORKBENCHES.clear()
-        _WORKBENCHES[key] = Workbench(exp)
+        _WORKBENCHES[key] = Workbench(exp, own)
     return _WORKBENCHES[key]

@@ -228,7 +228,7 @@ def test_a_supernode_killed_mid_round(federation, tmp_path):
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline:
             if federation.tree.log("node-0").count(received) > before:
-                federation.kill_supernode("node-0")  # its flwr-clientapp is starting or training
+                federation.kill("node-0")  # its flwr-clientapp is starting or training
                 killed_at.append(time.monotonic())
                 return
             time.sleep(0.1)

@@ -235,6 +235,9 @@ def test_traffic_check():
     info = {"network-traffic": {"inbound-bytes": 130, "outbound-bytes": 49}}
     t = traffic_check(rows, info)
     assert (t["uplink_overhead_bytes"], t["downlink_overhead_bytes"], t["consistent"]) == (30, -1, False)
+    rows = [{"round": r, "cumulative_uplink_bytes": 10 * r, "cumulative_downlink_bytes": 5 * r} for r in range(4)]
+    resumed = traffic_check(rows, {"network-traffic": {"inbound-bytes": 21, "outbound-bytes": 10}}, since_round=1)
+    assert (resumed["ledger_uplink_bytes"], resumed["ledger_downlink_bytes"], resumed["consistent"]) == (20, 10, True)
 
 
 # ------------------------------------------------------------------------ CLI: errors, nothing run
@@ -381,3 +384,84 @@ def test_a_taken_port_is_one_line_naming_the_port_and_its_holder():
     assert str(err.value).startswith(f"--port: port {port} is already in use by pid {os.getpid()} (")
     assert "\n" not in str(err.value)
     check_port_free("127.0.0.1", port, "--port")  # released: free again
+
+
+# ------------------------------------------------------------------ client-owned data (issue 21.1)
+def _client_files_experiment(tiny_path, tmp_path, *overrides: str):
+    test_file = tmp_path / "server-test.csv"
+    test_file.write_text("text,label\ngreat film,pos\nawful film,neg\n")
+    return load_experiment(tiny_path, ["data.dataset='client-files'", "data.labels=['neg', 'pos']",
+                                       f"data.test_file='{test_file}'", *overrides])
+
+
+def test_client_files_config_is_checked(tiny_path, tmp_path):
+    exp = _client_files_experiment(tiny_path, tmp_path)
+    assert exp.data.client_files and exp.data.labels == ["neg", "pos"]
+    for overrides, message in (
+        (["data.dataset='client-files'"], "data.labels: with data.dataset = 'client-files'"),
+        (["data.labels=['a', 'b']"], "data.labels: only with data.dataset = 'client-files'"),
+        ([f"data.test_file='{tmp_path}/t.csv'"], "data.test_file: only with data.dataset = 'client-files'"),
+        (["data.dataset='client-files'", "data.labels=['a', 'b']"], "give it its own test file"),
+        (["data.dataset='client-files'", "data.labels=['a', 'a']"], "names repeat"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            load_experiment(tiny_path, overrides)
+    assert load_experiment(tiny_path, ["data.dataset='client-files'", "data.labels=['a', 'b']",
+                                       "evaluation.central=false"]).data.test_file is None
+    with pytest.raises(ConfigError, match="needs every client's dataset size"):
+        _client_files_experiment(tiny_path, tmp_path, "privacy.mode='client_central'", "method.name='fedit'",
+                                 "privacy.noise_multiplier=1.0")
+
+
+def test_a_client_sees_its_own_file_and_the_server_only_its_test_file(tiny_path, tmp_path):
+    from fedlr.data import ClientFile, FederatedData
+
+    exp = _client_files_experiment(tiny_path, tmp_path, "data.val_fraction=0.25")
+    mine = tmp_path / "mine.csv"
+    mine.write_text("review,sentiment\n" + "".join(f"text {i},{'pos' if i % 3 else 'neg'}\n" for i in range(8)))
+    client = FederatedData(exp, own=ClientFile(str(mine), "review", "sentiment"))
+    train, val = client.client_rows(1)
+    assert (len(train), len(val)) == (6, 2) and sorted([*train, *val]) == list(range(8))
+    assert client.table["label"].tolist() == [0 if i % 3 == 0 else 1 for i in range(8)]  # class order of data.labels
+    assert len(client.test_rows) == 0
+
+    server = FederatedData(exp)
+    assert server.table["label"].tolist() == [1, 0] and len(server.central_test_rows) == 2
+    assert server.majority_rate() is None  # no training labels on the server
+    with pytest.raises(RuntimeError, match="holds no client's data"):
+        server.client_rows(0)
+
+    mine.write_text("review,sentiment\nx,pos\ny,meh\n")
+    with pytest.raises(ConfigError, match=r"has labels \['meh'\] that data.labels \['neg', 'pos'\] does not name"):
+        ClientFile(str(mine), "review", "sentiment").load(exp)
+    with pytest.raises(ConfigError, match="text-column: column 'text' not in"):
+        ClientFile(str(mine)).load(exp)
+
+
+def test_client_files_need_deployment_and_a_file_per_node(tiny_path, tmp_path, capsys):
+    from fedlr.config import to_toml
+    from fedlr.deploy.node_config import data_mismatch
+
+    exp = _client_files_experiment(tiny_path, tmp_path)
+    (tmp_path / "cf.toml").write_text(to_toml(exp))
+    assert main(["run", str(tmp_path / "cf.toml")]) == 2
+    assert "only `fedlr deploy` runs it" in capsys.readouterr().err
+    assert "start it with --data FILE" in data_mismatch({"partition-id": 0}, exp)
+    assert "the experiment partitions" in data_mismatch({"partition-id": 0, "data-path": "/x.csv"},
+                                                        load_experiment(tiny_path))
+    assert data_mismatch({"partition-id": 0, "data-path": "/x.csv"}, exp) is None
+
+
+def test_supernode_with_its_own_data(tiny_path, tmp_path, capsys):
+    mine = tmp_path / "mine.csv"
+    mine.write_text("review,sentiment\ngood,pos\nbad,neg\n")
+    base = ["deploy", "supernode", "--insecure", "--partition-id", "0", "--dry-run"]
+    port = _closed_port()
+    assert main([*base, "--superlink", f"127.0.0.1:{port}", "--data", str(mine), "--text-column", "nope"]) == 2
+    assert "--text-column: column 'nope' not in" in capsys.readouterr().err
+    assert main([*base, "--data", str(tmp_path / "none.csv")]) == 2
+    assert "--data: file not found" in capsys.readouterr().err
+    assert main([*base, "--label-column", "sentiment"]) == 2
+    assert "give --data FILE" in capsys.readouterr().err
+    assert main([*base, "--data", str(mine), "--experiment", str(tiny_path)]) == 2  # the experiment partitions
+    assert "the experiment partitions data.dataset = 'rotten_tomatoes'" in capsys.readouterr().err

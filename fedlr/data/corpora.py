@@ -74,36 +74,63 @@ def _read_hub(name: str) -> pd.DataFrame:
         raise ConfigError(f"data.dataset: cannot load {name!r} from the Hugging Face hub: {e}") from None
 
 
+def read_table_file(path: str | Path, field: str) -> pd.DataFrame:
+    """A local table file; ``field`` (``data.dataset``, ``--data``) names the setting in errors."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{field}: file not found: {path}")
+    if path.suffix not in FILE_SUFFIXES:
+        raise ConfigError(f"{field}: {path.suffix!r} files are not supported; use one of {FILE_SUFFIXES}")
+    try:
+        return _read_file(path)
+    except (ValueError, OSError) as e:  # pandas' EmptyDataError and ParserError are ValueErrors
+        raise ConfigError(f"{field}: cannot read {path} as a {path.suffix} table: {e}") from None
+
+
 def read_table(dataset: str) -> pd.DataFrame:
     """``data.dataset`` as it is: a user's file, or a hub dataset's train split."""
     path = Path(dataset).expanduser()
     if path.suffix in FILE_SUFFIXES or path.exists() or dataset.startswith((".", "/", "~")):
-        if not path.is_file():
-            raise ConfigError(f"data.dataset: file not found: {path}")
-        if path.suffix not in FILE_SUFFIXES:
-            raise ConfigError(f"data.dataset: {path.suffix!r} files are not supported; use one of {FILE_SUFFIXES}")
-        try:
-            return _read_file(path)
-        except (ValueError, OSError) as e:  # pandas' EmptyDataError and ParserError are ValueErrors
-            raise ConfigError(f"data.dataset: cannot read {path} as a {path.suffix} table: {e}") from None
+        return read_table_file(path, "data.dataset")
     return _read_hub(dataset)
 
 
+def refuse_client_files(cfg: DataConfig) -> None:
+    """Client-owned data exists only in deployment: nothing here could stand in for the clients' files."""
+    if cfg.client_files:
+        raise ConfigError(f"data.dataset = '{cfg.dataset}': each deployed SuperNode trains on its own file, so only "
+                          "`fedlr deploy` runs it (docs/deployment.md); a simulation needs a corpus to partition")
+
+
 def load_table(cfg: DataConfig) -> tuple[pd.DataFrame, list[str]]:
+    refuse_client_files(cfg)
     if cfg.dataset in BUNDLED:
         return BUNDLED[cfg.dataset]()
-    raw = read_table(cfg.dataset)
-    for field, column in (("text_column", cfg.text_column), ("label_column", cfg.label_column)):
+    return labelled(read_table(cfg.dataset), cfg.dataset, ("data.text_column", cfg.text_column),
+                    ("data.label_column", cfg.label_column))
+
+
+def labelled(raw: pd.DataFrame, source: str, text: tuple[str, str], label: tuple[str, str],
+             names: list[str] | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """``raw``'s rows with both columns as ``text`` and ``label`` (the index of the row's label in
+    ``names``; ``names`` from the data when not given) plus its other columns. ``text`` and
+    ``label`` are (setting, column name) pairs, the setting named in errors."""
+    for field, column in (text, label):
         if column not in raw.columns:
-            raise ConfigError(f"data.{field}: column {column!r} not in {cfg.dataset} (columns: {list(raw.columns)})")
-    raw = raw.dropna(subset=[cfg.text_column, cfg.label_column]).reset_index(drop=True)
-    names = natural_order(raw[cfg.label_column].astype(str).unique())
-    if len(names) < 2:
-        raise ConfigError(f"data.label_column: {cfg.label_column!r} has fewer than two distinct labels")
+            raise ConfigError(f"{field}: column {column!r} not in {source} (columns: {list(raw.columns)})")
+    (_, text_column), (label_field, label_column) = text, label
+    raw = raw.dropna(subset=[text_column, label_column]).reset_index(drop=True)
+    found = raw[label_column].astype(str)
+    if names is None:
+        names = natural_order(found.unique())
+        if len(names) < 2:
+            raise ConfigError(f"{label_field}: {label_column!r} has fewer than two distinct labels")
+    elif unknown := sorted(set(found) - set(names)):
+        raise ConfigError(f"{label_field}: {source} has labels {unknown} that data.labels {names} does not name")
     index = {n: i for i, n in enumerate(names)}
-    df = pd.DataFrame({"text": raw[cfg.text_column].astype(str), "label": raw[cfg.label_column].astype(str).map(index)})
+    df = pd.DataFrame({"text": raw[text_column].astype(str), "label": found.map(index)})
     for col in raw.columns:
-        if col not in (cfg.text_column, cfg.label_column, "text", "label"):
+        if col not in (text_column, label_column, "text", "label"):
             df[col] = raw[col]
     return df, names
 

@@ -11,10 +11,11 @@ from pathlib import Path
 from fedlr.deploy.certs import make_certs
 from fedlr.deploy.connection import Connection, register_node_keys
 from fedlr.deploy.eligibility import refuse_undeployable
-from fedlr.deploy.flower_argv import (SuperLinkOptions, SuperNodeOptions, check_superlink_ports, flwr_env,
-                                      superlink_argv, supernode_argv)
+from fedlr.deploy.flower_argv import (DEFAULT_DATABASE, IN_MEMORY, SuperLinkOptions, SuperNodeOptions,
+                                      check_superlink_ports, flwr_env, superlink_argv, supernode_argv)
 from fedlr.deploy.network import CONTROL_PORT, FLEET_PORT, SUPERNODE_RUNTIME_PORT, check_port_free
-from fedlr.deploy.node_config import parse_node_config, section_fingerprints
+from fedlr.deploy.node_config import (DATA_PATH_KEY, LABEL_COLUMN_KEY, TEXT_COLUMN_KEY, client_file, data_mismatch,
+                                     format_node_config, parse_node_config, section_fingerprints)
 from fedlr.deploy.node_keys import make_node_keys
 from fedlr.deploy.submission import SubmitResult, submit
 from fedlr.errors import DeployError
@@ -84,7 +85,9 @@ def add_deploy_parser(sub) -> None:
     c.add_argument("--port", type=int, default=CONTROL_PORT,
                    help=f"HTTP Control/Runtime API port (default {CONTROL_PORT})")
     c.add_argument("--auth", action="store_true", help="accept only registered SuperNodes (needs TLS)")
-    c.add_argument("--database", help="SQLite file for the SuperLink's state (default: in memory)")
+    c.add_argument("--database", default=DEFAULT_DATABASE,
+                   help=f"SQLite file for the SuperLink's state (default ./{DEFAULT_DATABASE}): registered keys, node "
+                        f"ids and runs survive a restart; {IN_MEMORY} keeps it in memory")
     c.add_argument("--log-file")
     c.add_argument("--public-host", action="append", default=[], metavar="NAME_OR_IP",
                    help="a name clients use; checked against the certificate's SAN (repeatable)")
@@ -93,7 +96,12 @@ def add_deploy_parser(sub) -> None:
 
     c = dsub.add_parser("supernode", help="start a SuperNode serving one client's partition (foreground)")
     tls_client(c, f"127.0.0.1:{FLEET_PORT}", "Fleet API, gRPC")
-    c.add_argument("--partition-id", type=int, help="this client's partition (0 .. num_clients-1)")
+    c.add_argument("--partition-id", type=int, help="this client's index (0 .. num_clients-1): its partition of "
+                                                    "the corpus, or with --data only its place in the federation")
+    c.add_argument("--data", metavar="FILE", help="this client's own labelled table (.csv/.json/.jsonl/.parquet), "
+                                                  "for an experiment with data.dataset = 'client-files'")
+    c.add_argument("--text-column", help="--data's text column (default: the experiment's data.text_column)")
+    c.add_argument("--label-column", help="--data's label column (default: the experiment's data.label_column)")
     c.add_argument("--node-config", help="Flower node config, e.g. \"partition-id=0 num-partitions=3\"")
     experiment_args(c, required=False)
     c.add_argument("--auth-key", metavar="PRIVATE_KEY", help="this node's private key (from `fedlr deploy keys`)")
@@ -166,10 +174,11 @@ def cmd_register(args) -> int:
 
 
 def cmd_superlink(args) -> int:
+    database = args.database if args.database == IN_MEMORY else str(Path(args.database).expanduser().resolve())
     opts = SuperLinkOptions(insecure=args.insecure, certs_dir=args.certs, ssl_certfile=args.ssl_certfile,
                             ssl_keyfile=args.ssl_keyfile, ssl_ca_certfile=args.ssl_ca_certfile,
                             fleet_address=args.fleet_address, host=args.host, port=args.port, auth=args.auth,
-                            database=args.database, log_file=args.log_file, hosts=args.public_host)
+                            database=database, log_file=args.log_file, hosts=args.public_host)
     argv = superlink_argv(opts)
     if not args.dry_run:
         check_superlink_ports(opts)
@@ -182,6 +191,7 @@ def cmd_superlink(args) -> int:
 
 def cmd_supernode(args) -> int:
     num = sections = None
+    own = _own_data(args)
     if args.experiment:  # this node can load the experiment's model and data, and serves one of its clients
         from fedlr.config import load_experiment
         from fedlr.preflight import preflight
@@ -189,11 +199,16 @@ def cmd_supernode(args) -> int:
         exp = load_experiment(args.experiment, args.overrides)
         refuse_undeployable(exp)
         num = exp.federation.num_clients
-        parse_node_config(f"{args.node_config or ''} "
-                          f"{'' if args.partition_id is None else f'partition-id={args.partition_id}'}", num)
+        config = parse_node_config(f"{args.node_config or ''} {own} "
+                                   f"{'' if args.partition_id is None else f'partition-id={args.partition_id}'}", num)
+        if (problem := data_mismatch(config, exp)) is not None:
+            raise DeployError(problem)
+        if (mine := client_file(config)) is not None:
+            mine.load(exp)
         preflight(exp)
         sections = section_fingerprints(exp)  # the ClientApp warns if the server's experiment differs
-    opts = SuperNodeOptions(superlink=args.superlink, node_config=args.node_config, partition_id=args.partition_id,
+    node_config = f"{args.node_config or ''} {own}".strip() or None
+    opts = SuperNodeOptions(superlink=args.superlink, node_config=node_config, partition_id=args.partition_id,
                             num_partitions=num, insecure=args.insecure, root_certificates=args.root_certificates,
                             auth_key=args.auth_key, port=args.port, max_retries=args.max_retries,
                             max_wait_time=args.max_wait_time, experiment_sections=sections)
@@ -206,6 +221,27 @@ def cmd_supernode(args) -> int:
     from fedlr.deploy.supernode import serve_supernode
 
     return serve_supernode(argv, args.port, warm=not args.cold)
+
+
+def _own_data(args) -> str:
+    """``--data`` and its column names as node config entries ('' without ``--data``); the file must
+    be readable here, and hold the named columns."""
+    if args.data is None:
+        if args.text_column or args.label_column:
+            raise DeployError("--text-column and --label-column name --data's columns: give --data FILE")
+        return ""
+    from fedlr.data.corpora import read_table_file
+
+    path = Path(args.data).expanduser().resolve()
+    table = read_table_file(path, "--data")
+    config = {DATA_PATH_KEY: str(path)}
+    for flag, key, column in (("--text-column", TEXT_COLUMN_KEY, args.text_column),
+                              ("--label-column", LABEL_COLUMN_KEY, args.label_column)):
+        if column is not None:
+            if column not in table.columns:
+                raise DeployError(f"{flag}: column {column!r} not in {path} (columns: {list(table.columns)})")
+            config[key] = column
+    return format_node_config(config)
 
 
 def cmd_submit(args) -> int:

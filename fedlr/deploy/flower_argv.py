@@ -18,6 +18,9 @@ from fedlr.deploy.node_config import EXPERIMENT_SECTIONS_KEY, format_node_config
 from fedlr.deploy.node_keys import check_node_key
 from fedlr.errors import DeployError
 
+IN_MEMORY = ":flwr-in-memory:"  # Flower's name for a SuperLink state kept in memory (``--database``)
+DEFAULT_DATABASE = "fedlr-superlink.db"  # ``fedlr deploy superlink``'s state file, in its working directory
+
 
 def flwr_env(flwr_home: str | Path | None = None, base: dict | None = None) -> dict[str, str]:
     """Environment for Flower's processes: this interpreter's ``bin`` first on PATH (the SuperLink

@@ -21,7 +21,7 @@ from typing import Callable, Iterable
 from fedlr.config import Experiment
 from fedlr.deploy.certs import CertPaths, make_certs
 from fedlr.deploy.connection import Connection, register_node_keys
-from fedlr.deploy.flower_argv import flwr_env
+from fedlr.deploy.flower_argv import IN_MEMORY, flwr_env
 from fedlr.deploy.network import free_port
 from fedlr.deploy.node_keys import make_node_keys
 from fedlr.deploy.processes import ProcessTree
@@ -38,7 +38,10 @@ class LocalDeployment:
     descendants, are stopped on exit, also on error."""
 
     def __init__(self, workdir: str | Path, insecure: bool = False, auth: bool = False,
-                 certs_dir: str | Path | None = None, host: str = "127.0.0.1"):
+                 certs_dir: str | Path | None = None, host: str = "127.0.0.1", database: str = IN_MEMORY):
+        """``database``: the SuperLink's state, in memory (a throw-away federation) or a file
+        that survives a restart (``restart_superlink``)."""
+        self.database = database
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.insecure, self.auth, self.host = insecure, auth, host
@@ -79,11 +82,19 @@ class LocalDeployment:
         """``fedlr deploy superlink`` on free loopback ports; returns once both ports answer."""
         tls = ["--insecure"] if self.insecure else ["--certs", str(self.certs.ca_cert.parent)]
         argv = self._fedlr("superlink", *tls, "--fleet-address", self.fleet_address, "--host", self.host,
-                           "--port", str(self.control_port), *(["--auth"] if self.auth else []))
+                           "--port", str(self.control_port), "--database", self.database,
+                           *(["--auth"] if self.auth else []))
         proc = self.tree.start("superlink", argv)
         self._wait_port(self.fleet_port, "superlink", timeout_s)
         self._wait_port(self.control_port, "superlink", timeout_s)
         return proc
+
+    def restart_superlink(self, down_s: float = 0.0, timeout_s: float = 120.0) -> subprocess.Popen:
+        """SIGKILL the SuperLink's process group (its ServerApp included), wait ``down_s``, start it
+        again on the same ports and database."""
+        self.kill("superlink")
+        time.sleep(down_s)
+        return self.start_superlink(timeout_s)
 
     def _wait_port(self, port: int, name: str, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -107,7 +118,9 @@ class LocalDeployment:
         return register_node_keys(public_keys, self.connection())
 
     def supernode_args(self, partition_id: int | None, num_partitions: int | None = None,
-                       auth_key: Path | None = None, warm: bool = True, node_config: str | None = None) -> list[str]:
+                       auth_key: Path | None = None, warm: bool = True, node_config: str | None = None,
+                       extra: Iterable[str] = ()) -> list[str]:
+        """``fedlr deploy supernode``'s arguments; ``extra`` goes last (``--data FILE``, ...)."""
         args = ["supernode", "--superlink", self.fleet_address, "--port", str(free_port(self.host))]
         args += ["--insecure"] if self.insecure else ["--root-certificates", str(self.certs.ca_cert)]
         if partition_id is not None:
@@ -120,18 +133,20 @@ class LocalDeployment:
             args += ["--auth-key", str(auth_key)]
         if not warm:
             args.append("--cold")
-        return args
+        return [*args, *extra]
 
     def start_supernode(self, name: str, partition_id: int, num_partitions: int | None = None,
-                        auth_key: Path | None = None, warm: bool = True) -> subprocess.Popen:
+                        auth_key: Path | None = None, warm: bool = True, extra: Iterable[str] = ()) -> subprocess.Popen:
         """``fedlr deploy supernode`` for one partition (warm worker unless ``warm=False``)."""
-        proc = self.tree.start(name, self._fedlr(*self.supernode_args(partition_id, num_partitions, auth_key, warm)))
+        argv = self.supernode_args(partition_id, num_partitions, auth_key, warm, extra=extra)
+        proc = self.tree.start(name, self._fedlr(*argv))
         self.nodes[name] = {"partition_id": partition_id, "pid": proc.pid, "warm": warm}
         return proc
 
-    def kill_supernode(self, name: str) -> None:
-        """SIGKILL a SuperNode's whole process group at once (its worker or flower-superexec and
-        flwr-clientapp children included), as when its machine loses power."""
+    def kill(self, name: str) -> None:
+        """SIGKILL a process's whole group at once (a SuperNode's worker or flower-superexec and
+        flwr-clientapp children; a SuperLink's flower-superexec and ServerApp), as when its machine
+        loses power."""
         proc = self.tree.procs[name]
         self.tree._record(proc.pid)
         try:

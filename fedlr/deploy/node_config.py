@@ -3,6 +3,9 @@
 
 - ``partition-id`` (required) and ``num-partitions``: which client of the experiment the node
   serves;
+- ``data-path`` (with ``text-column``, ``label-column`` where they differ from the experiment's):
+  the client's own labelled file, for ``data.dataset = 'client-files'`` (``fedlr deploy supernode
+  --data FILE``); the partition id is then only the client's index in the federation;
 - ``experiment-sections`` (set by ``fedlr deploy supernode --experiment FILE``): a short hash of
   each section of the experiment the node checked at start. At enrollment the ClientApp compares
   them with the experiment the server sent and warns, naming the sections, when they differ
@@ -19,6 +22,7 @@ from typing import Any
 from fedlr.errors import DeployError
 
 EXPERIMENT_SECTIONS_KEY = "experiment-sections"
+DATA_PATH_KEY, TEXT_COLUMN_KEY, LABEL_COLUMN_KEY = "data-path", "text-column", "label-column"
 NOT_COMPARED = ("output",)
 
 
@@ -89,3 +93,27 @@ def experiment_mismatch(node_config: dict[str, Any], server_experiment_json: str
     return (f"the server's experiment differs from this SuperNode's --experiment in {', '.join(differ)}: "
             "the node trains the server's experiment, which its start-up check (partition range, model and "
             "data loading) did not cover")
+
+
+def client_file(node_config: dict[str, Any]):
+    """The client's own file its node config names (``fedlr.data.ClientFile``), or None."""
+    if not node_config.get(DATA_PATH_KEY):
+        return None
+    from fedlr.data import ClientFile
+
+    return ClientFile(str(node_config[DATA_PATH_KEY]), node_config.get(TEXT_COLUMN_KEY) or None,
+                      node_config.get(LABEL_COLUMN_KEY) or None)
+
+
+def data_mismatch(node_config: dict[str, Any], exp) -> str | None:
+    """Why this node cannot serve ``exp``'s data: client-owned data and no file of its own, or a
+    file of its own for an experiment that partitions a corpus. None when they fit."""
+    own = client_file(node_config)
+    if exp.data.client_files and own is None:
+        return (f"the experiment has data.dataset = '{exp.data.dataset}' but this SuperNode has no file of its own: "
+                f"start it with --data FILE (node config {DATA_PATH_KEY}=...)")
+    if own is not None and not exp.data.client_files:
+        return (f"this SuperNode trains on its own file {own.path}, but the experiment partitions "
+                f"data.dataset = {exp.data.dataset!r}; set data.dataset = 'client-files' (and data.labels) on the "
+                "server, or start the node without --data")
+    return None

@@ -69,15 +69,19 @@ def _toml_str(s: str) -> str:
     return json.dumps(s)  # a JSON string literal is a valid TOML basic string
 
 
-def traffic_check(rows: list[dict], info: dict) -> dict:
+def traffic_check(rows: list[dict], info: dict, since_round: int = -1) -> dict:
     """Compare fedlr's byte ledger with the traffic the SuperLink counted for the run.
 
     Flower counts every Fleet API request and response of the run (protobuf sizes of pushed and
     pulled messages and objects: record framing, metadata, the experiment sent at enrollment, the
     config records), so its inbound (SuperNodes → SuperLink) must be at least fedlr's uplink and
-    its outbound at least fedlr's downlink; the difference is the protocol overhead."""
-    up = rows[-1]["cumulative_uplink_bytes"] if rows else 0
-    down = rows[-1]["cumulative_downlink_bytes"] if rows else 0
+    its outbound at least fedlr's downlink; the difference is the protocol overhead. A resumed
+    run's Flower run carried only the rounds after ``since_round`` (its checkpoint)."""
+    def spent(key: str) -> int:
+        before = [r[key] for r in rows if r["round"] <= since_round] if since_round >= 0 else []
+        return (rows[-1][key] if rows else 0) - (before[-1] if before else 0)
+
+    up, down = spent("cumulative_uplink_bytes"), spent("cumulative_downlink_bytes")
     traffic = info.get("network-traffic", {})
     inbound, outbound = int(traffic.get("inbound-bytes", 0)), int(traffic.get("outbound-bytes", 0))
     return {
@@ -130,6 +134,13 @@ def submit(exp: Experiment, connection: Connection, run_dir: str | Path | None =
         run_dir = run_dir.resolve()
     if run_dir.exists() and not resume:
         raise DeployError(f"run directory {run_dir} already exists")
+    since_round = -1
+    if resume:
+        from fedlr import checkpoint
+        from fedlr.results import RunDir
+
+        saved = checkpoint.latest(RunDir(run_dir).checkpoint_dir)  # where the ServerApp will resume
+        since_round = saved[0] if saved is not None else -1
     with tempfile.TemporaryDirectory(prefix="fedlr-submit-") as tmp:
         scratch = Path(tmp)
         env, name = connection.env(scratch)  # certificate and address checks first: cheap and common
@@ -155,7 +166,7 @@ def submit(exp: Experiment, connection: Connection, run_dir: str | Path | None =
     if ledger.is_file():
         from fedlr.results import read_ledger
 
-        traffic = traffic_check(read_ledger(ledger), info)
+        traffic = traffic_check(read_ledger(ledger), info, since_round)
         (run_dir / "traffic.json").write_text(json.dumps({"flwr_run": info, "check": traffic}, indent=2) + "\n")
     return SubmitResult(run_id, run_dir, status, info, traffic, logs)
 

@@ -137,8 +137,8 @@ class Console:
             self.print(f"final test perplexity {s['final_perplexity']:.4g}, token accuracy "
                        f"{_num(s['final_accuracy'], '{:.4f}')}")
         else:
-            self.print(f"final test accuracy {_num(s['final_accuracy'], '{:.4f}')} "
-                       f"(best {_num(s['best_accuracy'], '{:.4f}')}; majority class {s['majority_rate']:.4f})")
+            self.print(f"final test accuracy {_num(s['final_accuracy'], '{:.4f}')} (best "
+                       f"{_num(s['best_accuracy'], '{:.4f}')}; majority class {_num(s['majority_rate'], '{:.4f}')})")
         if s.get("epsilon") is not None:
             delta = s.get("delta")
             self.print(f"privacy: epsilon {s['epsilon']:.4g}" + (f" at delta {delta:.3g}" if delta is not None else ""))
