@@ -162,6 +162,14 @@ def test_client_level_central_accountant_matches_dp_accounting_without_replaceme
     assert central_epsilon(2.0, 100, 10, 3, DELTA) == values[-1]
 
 
+@pytest.fixture(autouse=True)
+def fallback_not_yet_noted(monkeypatch):
+    """The PRV fallback is noted once a process: each test starts as a fresh process would."""
+    from fedlr.privacy import accountant
+
+    monkeypatch.setattr(accountant, "_FALLBACKS_NOTED", set())
+
+
 @pytest.fixture
 def no_prv_discretization(monkeypatch):
     """Fails (instead of eating gigabytes) if Opacus's PRV discretization is built."""
@@ -202,3 +210,21 @@ def test_plan_with_prv_at_small_sigma_over_many_steps_reports_a_finite_bound(tin
         assert main(["plan", str(tiny_path), "--json", *[a for s in sets for a in ("--set", s)]]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["epsilon"] is not None and 100 < plan["epsilon"] < math.inf
+
+
+def test_plan_prints_the_prv_fallback_once(tiny_path):
+    """`fedlr plan` printed the fallback notice, and Opacus's "optimal order is the smallest alpha"
+    (about the fallback's orders, which no user picks) after it, once per client group: 4 times
+    each here. Read from the command line's own output, in a fresh process."""
+    import subprocess
+    import sys
+
+    sets = ['method.name="fedit"', 'privacy.mode="sample"', 'privacy.accountant="prv"', "privacy.noise_multiplier=0.5",
+            "train.batch_size=32", "train.local_steps=100", "federation.num_rounds=20"]
+    done = subprocess.run([sys.executable, "-m", "fedlr.cli", "plan", str(tiny_path),
+                           *[a for s in sets for a in ("--set", s)]], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    output = done.stdout + done.stderr
+    assert output.count("epsilon comes from RDP instead") == 1
+    assert "Optimal order" not in output
+    assert "privacy (sample): epsilon" in done.stdout  # the plan itself is printed

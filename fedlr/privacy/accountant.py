@@ -12,7 +12,8 @@ cumulative, and a resumed client continues from the same history.
   (ε, δ) with Balle et al. 2020's bound (``opacus.accountants.analysis.rdp.get_privacy_spent``);
 - ``prv``: privacy-loss random variables (Gopi, Lee, Wutschitz 2021, arXiv 2106.02848),
   numerically tighter (``eps_error`` 0.01); where its discretization would exceed
-  ``MAX_PRV_DOMAIN`` points, or it gives no finite ε, the RDP bound instead, with a warning.
+  ``MAX_PRV_DOMAIN`` points, or it gives no finite ε, the RDP bound instead, with a warning
+  (once a process).
 Never GDP: it is a central-limit approximation, not a bound (reference/privacy.md §3.6).
 
 q = 1 is the plain Gaussian mechanism, RDP α/(2σ²) per step: ``client_local`` uses it for
@@ -123,12 +124,27 @@ def epsilon_of_history(history: list[tuple[float, float, int]], delta: float, ki
     if kind == "prv":
         eps = _prv_epsilon(history, delta)
         if eps is None or not math.isfinite(eps):
-            why = "needs a larger discretization than" if eps is None else "gave no finite value within"
-            warnings.warn(f"the PRV accountant {why} its bound of {MAX_PRV_DOMAIN:,} points for this history; "
-                          "epsilon comes from RDP instead (a valid bound, looser than PRV's)", stacklevel=2)
-            return epsilon_of_history(history, delta, "rdp", orders)
+            _note_fallback("needs a larger discretization than" if eps is None else "gave no finite value within")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Opacus's "optimal order" notice: about orders no user picks
+                return epsilon_of_history(history, delta, "rdp", orders)
         return eps
     raise ValueError(f"accountant {kind!r} is not one of {ACCOUNTANTS}")
+
+
+_FALLBACKS_NOTED: set[str] = set()
+
+
+def _note_fallback(why: str) -> None:
+    """Warn that ε comes from RDP instead of PRV, once a process for each reason: the notice is
+    about the analysis, not one history (``fedlr plan`` asks once per group of clients), and
+    Python's own "default" action shows a warning again after any ``warnings.catch_warnings``,
+    which every PRV evaluation enters."""
+    if why in _FALLBACKS_NOTED:
+        return
+    _FALLBACKS_NOTED.add(why)
+    warnings.warn(f"the PRV accountant {why} its bound of {MAX_PRV_DOMAIN:,} points for this history; "
+                  "epsilon comes from RDP instead (a valid bound, looser than PRV's)", stacklevel=3)
 
 
 def _prv_epsilon(history: list[tuple[float, float, int]], delta: float) -> float | None:
