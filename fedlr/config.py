@@ -46,6 +46,9 @@ class ModelConfig(_Section):
         "classification", description="classification: a labelled text table, a classifier head; causal_lm: "
         "instruction -> response pairs, the loss on the response tokens (fedlr.tasks)")
     targets: list[str] = Field(["query", "value"], min_length=1)
+    layers: list[int] | None = Field(
+        None, min_length=1, description="adapters only on these transformer blocks (0 = the first; PEFT's "
+        "layers_to_transform); default: every block")
     max_length: int = Field(64, ge=8, le=4096, description="tokens per example")
 
 

@@ -41,6 +41,7 @@ def export_model(bench, out_dir: Path) -> Path:
     heads = [name for name, _ in head_modules(base)]
     common = dict(r=exp.method.rank, alpha=exp.method.scale * exp.method.rank,
                   target_modules=list(exp.model.targets), modules_to_save=list(heads),
+                  layers_to_transform=exp.model.layers,
                   task_type=adapted.task.peft_task_type)
     if adapted.spec.adapter == "loha":
         config = LoHaConfig(**common)

@@ -3,6 +3,8 @@ the same map with its weight stored transposed, PEFT's ``fan_in_fan_out``)."""
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
@@ -14,9 +16,10 @@ from fedlr.seeding import torch_generator
 ADAPTER_KINDS = {"lora": LoRALinear, "lora_sb": LoRASBLinear, "loha": LoHaLinear}
 
 
-def inject_adapters(model: nn.Module, targets: list[str], kind: str, rank: int, scale: float, seed: int) -> list[str]:
+def inject_adapters(model: nn.Module, targets: list[str], kind: str, rank: int, scale: float, seed: int,
+                    selected: Callable[[str], bool] = lambda path: True) -> list[str]:
     """Wrap every ``nn.Linear`` (or ``Conv1D``, as its ``linear_of``) whose last name component is
-    in ``targets``; return their paths.
+    in ``targets`` and whose path is ``selected`` (``model.layers``); return their paths.
 
     Each layer's initialization is drawn from ``(seed, path)``, so every process builds the same
     adapters (FFA-LoRA's shared frozen A needs exactly this).
@@ -25,7 +28,7 @@ def inject_adapters(model: nn.Module, targets: list[str], kind: str, rank: int, 
     found: dict[str, list[str]] = {t: [] for t in targets}
     for path, module in list(model.named_modules()):
         last = path.rsplit(".", 1)[-1]
-        if last in found and isinstance(module, (nn.Linear, Conv1D)):
+        if last in found and isinstance(module, (nn.Linear, Conv1D)) and selected(path):
             found[last].append(path)
     missing = [t for t, paths in found.items() if not paths]
     if missing:

@@ -13,6 +13,7 @@ from fedlr.adapters import adapter_layers, inject_adapters, resize_adapters
 from fedlr.config import ConfigError, Experiment
 from fedlr.methods import MethodSpec, get_method
 from fedlr.models import head_modules, load_base_model, model_skeleton
+from fedlr.models.blocks import block_of, block_stack, check_layers
 from fedlr.tasks import get_task
 
 
@@ -96,7 +97,8 @@ def build_adapted_model(exp: Experiment, num_labels: int, *, meta: bool = False)
         model = load_base_model(exp.model, num_labels, exp.seed)
     if spec.adapter is not None:
         _check_rank(model, exp)
-        inject_adapters(model, exp.model.targets, spec.adapter, exp.method.rank, exp.method.scale, exp.seed)
+        inject_adapters(model, exp.model.targets, spec.adapter, exp.method.rank, exp.method.scale, exp.seed,
+                        _in_layers(model, exp.model.layers))
     head_prefixes = tuple(f"{name}." for name, _ in head_modules(model))
     trained, once, head, broadcast = [], [], [], []
     for name, param in model.named_parameters():
@@ -123,6 +125,16 @@ def _check_rank(model: nn.Module, exp: Experiment) -> None:
             for field_name, rank in ranks:
                 if rank > limit:
                     raise ConfigError(f"{field_name}: {rank} exceeds min(d_in, d_out) = {limit} of layer {path}")
+
+
+def _in_layers(model: nn.Module, layers: list[int] | None):
+    """Whether a module path is in a block of ``model.layers`` (every path when it is None)."""
+    if layers is None:
+        return lambda path: True
+    stack_path, stack = block_stack(model)
+    check_layers(layers, len(stack))
+    chosen = set(layers)
+    return lambda path: block_of(path, stack_path) in chosen
 
 
 def adapter_paths(adapted: AdaptedModel) -> list[str]:
