@@ -47,7 +47,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=10)
     args = ap.parse_args()
     from fedlr.config import load_experiment
-    from fedlr.results import RunDir
+    from fedlr.results import LedgerRow, RunDir
     from fedlr.results.console import Console
     from fedlr.run.simulation import simulate
 
@@ -60,8 +60,8 @@ def main() -> None:
     me = psutil.Process()
     rows: list[tuple[int, float, dict[int, float]]] = []
 
-    def observe(row: dict) -> None:
-        rows.append((row["round"], me.memory_info().rss / 2**20, worker_rss(me)))
+    def observe(row: LedgerRow) -> None:
+        rows.append((row.round, me.memory_info().rss / 2**20, worker_rss(me)))
 
     simulate(exp, RunDir.create(exp, "memory-growth"), Console(quiet=True, observers=[observe]))
     pids = sorted({pid for _, _, w in rows for pid in w})

@@ -69,7 +69,7 @@ def main() -> None:
     if args.ledger:
         from fedlr.results import read_ledger
 
-        stamps = [row["wall_time_s"] for row in read_ledger(Path(args.ledger))]
+        stamps = [row.wall_time_s for row in read_ledger(Path(args.ledger))]
     else:
         from fedlr.run.simulation import simulate
 

@@ -152,6 +152,7 @@ def resumable_run_dir(path: str | Path, engine: str):
     from fedlr.results import RunDir
 
     run_dir = RunDir.existing(path)
+    run_dir.ledger()  # LedgerError (exit 2) now for a garbled ledger, before any work and untouched
     if run_dir.engine != engine:
         raise ConfigError(f"{run_dir.path} ran on the {run_dir.engine} engine, not the {engine} engine: continuing "
                           f"it there would lose every client's state; resume it with "
@@ -178,7 +179,7 @@ def cmd_resume(args) -> int:
     preflight(exp)
     console = Console(quiet=args.quiet or exp.output.quiet)
     if run_dir.complete:
-        console.print(f"fedlr: {run_dir.path} is complete (summary.json exists); nothing to resume")
+        console.print(f"fedlr: {run_dir.path} is complete ({run_dir.summary_path.name} exists); nothing to resume")
         return 0
     simulate(exp, run_dir, console, resume=True)
     return 0

@@ -3,6 +3,12 @@
 Every section is a pydantic model that forbids unknown keys, so a typo fails before any work
 with a message naming the field (``federation.clients_per_round``) and what is allowed.
 ``apply_overrides`` implements ``--set section.key=value`` where the value is parsed as TOML.
+
+TOML has no null. A field that may be unset (``None``; not a string field) is unset with the
+string ``NONE`` (``"none"``), in a file or with ``--set data.max_test_examples=none``; leaving it
+out gives its default. ``to_toml`` leaves out a None whose default is None and writes ``NONE``
+for the others (``data.max_test_examples``, ``train.max_grad_norm``), so every experiment
+round-trips through its ``config.toml`` with the same fingerprint.
 """
 
 from __future__ import annotations
@@ -11,11 +17,14 @@ import hashlib
 import json
 import math
 import tomllib
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
+
+from fedlr.config_paths import set_dotted
 
 from fedlr.compression.config import CompressionConfig
 from fedlr.errors import ConfigError, format_validation_error
@@ -27,13 +36,27 @@ TINY_MODEL = "tiny-random-bert"
 TINY_LLAMA = "tiny-random-llama"
 BUNDLED_DATASETS = ("rotten_tomatoes", "sms_spam", "chatterbot")
 CLIENT_FILES = "client-files"  # data.dataset: every deployed client trains on its own file (docs/deployment.md)
+NONE = "none"  # how TOML spells None for a field whose default is not None (module docstring)
 
 
+def takes_none_token(field) -> bool:
+    """Whether the string ``NONE`` unsets ``field`` (a pydantic FieldInfo): it may be None and
+    takes no strings (where ``"none"`` would be a value)."""
+    args = typing.get_args(field.annotation)
+    return type(None) in args and str not in args
 
 
 class _Section(BaseModel):
     # no float field takes inf or nan unless it says so (privacy.target_epsilon = inf: no DP)
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _none_token(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        return {k: None if v == NONE and k in cls.model_fields and takes_none_token(cls.model_fields[k]) else v
+                for k, v in data.items()}
 
 
 class ModelConfig(_Section):
@@ -428,17 +451,6 @@ class Experiment(_Section):
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
 
 
-def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node = data
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"--set {dotted}: '{part}' is not a section")
-        node = child
-    node[parts[-1]] = value
-
-
 def parse_override(text: str) -> tuple[str, Any]:
     """Parse ``section.key=value``; the value is a TOML value, falling back to a bare string."""
     if "=" not in text:
@@ -457,7 +469,10 @@ def parse_override(text: str) -> tuple[str, Any]:
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     for text in overrides:
         key, value = parse_override(text)
-        _set_dotted(data, key, value)
+        try:
+            set_dotted(data, key, value)
+        except ValueError as e:
+            raise ConfigError(f"--set {key}: {e}") from None
     return data
 
 
@@ -507,10 +522,18 @@ def toml_value(v: Any) -> str:
 
 
 def to_toml(exp: Experiment) -> str:
-    """Write the resolved experiment as TOML (flat tables, the value types TOML has)."""
+    """Write the resolved experiment as TOML (flat tables, the value types TOML has; None as the
+    module docstring says: left out where it is the default, else ``NONE``)."""
     d = exp.to_dict()
     lines = [f"seed = {d.pop('seed')}"]
-    for section, fields in d.items():
+    for section, values in d.items():
+        model = type(getattr(exp, section))
         lines.append(f"\n[{section}]")
-        lines += [f"{k} = {toml_value(v)}" for k, v in fields.items() if v is not None]
+        for k, v in values.items():
+            if v is not None:
+                lines.append(f"{k} = {toml_value(v)}")
+            elif model.model_fields[k].default is not None:
+                if not (issubclass(model, _Section) and takes_none_token(model.model_fields[k])):
+                    raise TypeError(f"{section}.{k}: None cannot be written to TOML")
+                lines.append(f"{k} = {toml_value(NONE)}")
     return "\n".join(lines) + "\n"

@@ -36,7 +36,9 @@ from typing import Any, Callable, Iterable
 from pydantic import BaseModel
 
 from fedlr.config import ConfigError, Experiment, apply_overrides, experiment_from_dict, read_toml, to_toml
+from fedlr.config_paths import flatten, set_dotted
 from fedlr.results.console import Console, format_duration
+from fedlr.results.rundir import RunDir
 
 SWEEP_TABLE = "sweep"
 MODES = ("grid", "zip")
@@ -45,7 +47,7 @@ SET_BY_SWEEP = ("output.dir", "output.name")  # every point's run directory is t
 MANIFEST = "sweep.json"
 MAX_SLUG = 100
 
-RunOne = Callable[..., Any]  # run_one(exp, run_dir, resume=False); RunDir imported lazily
+RunOne = Callable[..., Any]  # run_one(exp, run_dir: RunDir, resume=False)
 
 
 # ----------------------------------------------------------------------------- the pure part
@@ -85,22 +87,10 @@ class Sweep:
 
     def status(self, point: SweepPoint) -> str:
         """'complete' (summary.json exists), 'partial' (a directory without one) or 'pending'."""
-        path = self.run_path(point)
-        if (path / "summary.json").is_file():
+        run = RunDir(self.run_path(point))
+        if run.complete:
             return "complete"
-        return "partial" if path.exists() else "pending"
-
-
-def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"method": {"name": [...]}}`` (TOML's unquoted dotted keys) -> ``{"method.name": [...]}``."""
-    flat: dict[str, Any] = {}
-    for key, value in table.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{dotted}."))
-        else:
-            flat[dotted] = value
-    return flat
+        return "partial" if run.path.exists() else "pending"
 
 
 def parse_sweep_table(table: Any) -> SweepSpec:
@@ -115,7 +105,7 @@ def parse_sweep_table(table: Any) -> SweepSpec:
     name = table.pop("name", None)
     if name is not None and (not isinstance(name, str) or not _safe_name(name)):
         raise ConfigError(f"sweep.name: {name!r} must be a plain folder name (letters, digits, . _ -)")
-    axes = _flatten(table)
+    axes = flatten(table)  # TOML's unquoted dotted keys (method.name = [...]) are nested tables
     if not axes:
         raise ConfigError("[sweep] names no config field to sweep (e.g. seed = [0, 1])")
     for key, values in axes.items():
@@ -208,14 +198,6 @@ def slug_for(params: dict[str, Any], labels: dict[str, str] | None = None) -> st
     return slug
 
 
-def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
-    node = data
-    parts = dotted.split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-    node[parts[-1]] = copy.deepcopy(value)
-
-
 def build_sweep(data: dict[str, Any], default_name: str) -> Sweep:
     """Validate a parsed experiment TOML that holds a ``[sweep]`` table and expand it.
 
@@ -243,13 +225,13 @@ def build_sweep(data: dict[str, Any], default_name: str) -> Sweep:
                               "(a value listed twice?)")
         seen[slug] = params
         point_data = copy.deepcopy(data)
-        for key, value in params.items():
-            _set_path(point_data, key, value)
-        _set_path(point_data, "output.dir", str(root))
-        _set_path(point_data, "output.name", slug)
         try:
+            for key, value in params.items():
+                set_dotted(point_data, key, value)
+            set_dotted(point_data, "output.dir", str(root))
+            set_dotted(point_data, "output.name", slug)
             exp = experiment_from_dict(point_data)
-        except ConfigError as e:
+        except ValueError as e:  # ConfigError, or a swept key under a value (set_dotted)
             shown = ", ".join(f"{k} = {v!r}" for k, v in params.items())
             raise ConfigError(f"[sweep] the run with {shown} is not a valid experiment: {e}") from None
         points.append(SweepPoint(index=index, params=params, slug=slug, experiment=exp))
@@ -273,22 +255,18 @@ class SweepResult:
     durations_s: dict[str, float] = field(default_factory=dict)
 
 
-def _flat(data: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        elif value is not None:  # to_toml leaves None out; absent and None are the same
-            out[f"{prefix}{key}"] = value
-    return out
+def _as_stored(exp: Experiment) -> dict[str, Any]:
+    """``exp`` as dotted fields the way its ``config.toml`` holds them (``to_toml``: None left out
+    or written as ``"none"``)."""
+    return flatten(tomllib.loads(to_toml(exp)))
 
 
 def config_differences(stored: dict, exp: Experiment) -> list[str]:
     """Dotted fields where a stored run's config (parsed config.toml) differs from ``exp``.
     A field the stored config lacks counts only if ``exp`` sets it off its default, so runs made
     before a config section existed still match experiments that leave that section alone."""
-    have, want = _flat(stored), _flat(exp.to_dict())
-    defaults = _flat(Experiment().to_dict())
+    have, want = flatten(stored), _as_stored(exp)
+    defaults = _as_stored(Experiment())
     diffs = []
     for key in sorted(have.keys() | want.keys()):
         if have.get(key) == want.get(key):
@@ -305,7 +283,7 @@ def check_completed(sweep: Sweep) -> None:
     for point in sweep.points:
         if sweep.status(point) != "complete":
             continue
-        stored_path = sweep.run_path(point) / "config.toml"
+        stored_path = RunDir(sweep.run_path(point)).config_path
         try:
             stored = tomllib.loads(stored_path.read_text())
         except (OSError, tomllib.TOMLDecodeError) as e:
@@ -357,15 +335,17 @@ def simulate_runner(console: Console, tensorboard: bool = False) -> RunOne:
 
 def resumable(path: Path, exp: Experiment) -> bool:
     """Whether an interrupted run directory can continue: it ran ``exp`` (same fingerprint) and
-    holds a checkpoint that verifies."""
+    holds a checkpoint that verifies. A ledger that cannot be read raises ``LedgerError``: the
+    sweep stops rather than remove the directory."""
     from fedlr import checkpoint
-    from fedlr.results import RunDir
 
     try:
-        same = RunDir.existing(path).experiment().fingerprint() == exp.fingerprint()
+        run = RunDir.existing(path)
+        same = run.experiment().fingerprint() == exp.fingerprint()
     except ConfigError:
         return False
-    return same and checkpoint.latest(path / "checkpoints") is not None
+    run.ledger()
+    return same and checkpoint.latest(run.checkpoint_dir) is not None
 
 
 def execute_sweep(sweep: Sweep, run_one: RunOne, console: Console | None = None,
@@ -381,8 +361,6 @@ def execute_sweep(sweep: Sweep, run_one: RunOne, console: Console | None = None,
     ``run_one`` leaves a ``summary.json``. ``KeyboardInterrupt`` stops the sweep after a note on
     how to resume; another exception stops it too, unless ``keep_going``.
     """
-    from fedlr.results import RunDir
-
     console = console or Console()
     if check is None:
         from fedlr.preflight import preflight as check
@@ -420,8 +398,8 @@ def execute_sweep(sweep: Sweep, run_one: RunOne, console: Console | None = None,
                 if run_dir.path != path:  # pragma: no cover - RunDir naming changed under us
                     raise RuntimeError(f"RunDir.create made {run_dir.path}, expected {path}")
                 run_one(point.experiment, run_dir)
-            if not (path / "summary.json").is_file():
-                raise RuntimeError(f"the run finished without writing {path / 'summary.json'}")
+            if not RunDir(path).complete:
+                raise RuntimeError(f"the run finished without writing {RunDir(path).summary_path}")
         except KeyboardInterrupt:
             console.print(f"sweep {sweep.name}: interrupted during {point.slug}; "
                           f"{len(result.skipped) + len(result.ran)} of {total} runs complete. "
@@ -454,7 +432,7 @@ def _eta(result: SweepResult, left: int) -> str:
 
 def _final_accuracy(path: Path) -> str:
     try:
-        acc = json.loads((path / "summary.json").read_text()).get("final_accuracy")
+        acc = (RunDir(path).summary() or {}).get("final_accuracy")
     except (OSError, ValueError):
         return ""
     return "" if acc is None else f", final accuracy {acc:.4f}"

@@ -9,7 +9,7 @@ from flwr.app import ConfigRecord, RecordDict
 from fedlr import checkpoint
 from fedlr.config import ConfigError, load_experiment
 from fedlr.faults import InjectedFault, fault_for, fault_schedule, garbage, inject
-from fedlr.results.rundir import RunDir
+from fedlr.results import LedgerRow, RunDir
 from fedlr.run import client_snapshots
 from fedlr.run.records import from_record, to_record
 from fedlr.validation import expected_of, update_problem
@@ -102,11 +102,11 @@ def test_snapshots_are_pruned_to_what_a_resume_can_need(tmp_path):
 def test_ledger_truncation_drops_replayed_rounds_and_a_torn_line(tmp_path):
     rd = RunDir(tmp_path)
     for r in range(4):
-        rd.append({"round": r, "x": r})
+        rd.append(LedgerRow(round=r, clients_sampled=[r]))
     with rd.ledger_path.open("a") as f:
         f.write('{"round": 4, "x"')  # killed mid-write
-    assert [row["round"] for row in rd.truncate_ledger(2)] == [0, 1, 2]
-    assert [row["round"] for row in rd.truncate_ledger(2)] == [0, 1, 2]
+    assert [row.round for row in rd.truncate_ledger(2)] == [0, 1, 2]
+    assert [row.round for row in rd.truncate_ledger(2)] == [0, 1, 2]
 
 
 def test_fault_schedule_is_seeded_and_hits_the_fraction(tiny_path):

@@ -8,7 +8,7 @@ from conftest import TINY
 from fedlr.cli import main
 from fedlr.config import load_experiment
 from fedlr.plan import communication_plan
-from fedlr.results import read_ledger
+from fedlr.results import RunDir
 
 pytestmark = pytest.mark.slow
 
@@ -17,7 +17,7 @@ def run_tiny(tmp_path, name, overrides):
     """Run the tiny experiment with ``overrides`` through Ray; its plan and its ledger."""
     assert main(["run", str(TINY), "--quiet", "--set", f'output.dir="{tmp_path}"', "--set", f'output.name="{name}"',
                  *[a for o in overrides for a in ("--set", o)]]) == 0
-    return communication_plan(load_experiment(TINY, overrides), 2), read_ledger(tmp_path / name)
+    return communication_plan(load_experiment(TINY, overrides), 2), RunDir(tmp_path / name).ledger()
 
 
 def test_powersgd_uplink_in_the_ledger_equals_the_plan(tmp_path):
@@ -26,9 +26,9 @@ def test_powersgd_uplink_in_the_ledger_equals_the_plan(tmp_path):
     assert plan["codec"] == "powersgd" and plan["compression_ratio"] > 4
     assert plan["uplink_bytes_per_client"] * plan["compression_ratio"] > 0.9 * plan["dense_uplink_bytes_per_client"]
     for row in ledger[1:]:
-        assert row["clients_rejected"] == 0 and row["clients_failed"] == 0
-        assert row["uplink_bytes"] == 2 * plan["uplink_bytes_per_client"]
-    assert ledger[-1]["cumulative_bytes"] == plan["total_bytes"]
+        assert row.clients_rejected == 0 and row.clients_failed == 0
+        assert row.uplink_bytes == 2 * plan["uplink_bytes_per_client"]
+    assert ledger[-1].cumulative_bytes == plan["total_bytes"]
 
 
 def test_lgreco_topk_with_error_feedback_runs_within_the_uniform_bytes(tmp_path):
@@ -36,9 +36,9 @@ def test_lgreco_topk_with_error_feedback_runs_within_the_uniform_bytes(tmp_path)
                  "compression.density=0.1", 'compression.adaptive="lgreco"', "compression.reselect_every=1"]
     plan, ledger = run_tiny(tmp_path, "l", overrides)
     assert all(r["clients_rejected"] == 0 and r["clients_failed"] == 0 for r in ledger)
-    assert ledger[-1]["cumulative_uplink_bytes"] <= plan["total_uplink_bytes"]
-    assert ledger[-1]["cumulative_downlink_bytes"] == plan["total_downlink_bytes"]  # the assignment is counted
-    assert ledger[-1]["train_loss"] is not None
+    assert ledger[-1].cumulative_uplink_bytes <= plan["total_uplink_bytes"]
+    assert ledger[-1].cumulative_downlink_bytes == plan["total_downlink_bytes"]  # the assignment is counted
+    assert ledger[-1].train_loss is not None
 
 
 def test_compressed_downlink_in_the_ledger_equals_the_plan(tmp_path):
@@ -52,8 +52,8 @@ def test_compressed_downlink_in_the_ledger_equals_the_plan(tmp_path):
     assert [r["downlink_bytes"] for r in ledger[1:]] == plan["downlink_bytes_by_round"]
     dense_round = 2 * plan["downlink_bytes"]
     assert min(plan["downlink_bytes_by_round"]) < dense_round  # some client got the delta
-    assert ledger[-1]["cumulative_bytes"] == plan["total_bytes"]
-    assert ledger[-1]["eval_loss"] < ledger[0]["eval_loss"] + 0.05  # it still trains from B_t
+    assert ledger[-1].cumulative_bytes == plan["total_bytes"]
+    assert ledger[-1].eval_loss < ledger[0].eval_loss + 0.05  # it still trains from B_t
 
 
 @pytest.mark.parametrize("override, message", [('compression.codec="zip"', "compression.codec"),

@@ -24,7 +24,7 @@ import pytest
 
 from fedlr.cli import main
 from fedlr.config import load_experiment, to_toml
-from fedlr.results import read_ledger
+from fedlr.results import RunDir
 from fedlr.deploy.certs import make_certs
 from fedlr.deploy.flower_argv import flwr_env
 from fedlr.deploy.local import LocalDeployment
@@ -103,24 +103,24 @@ def test_deployed_run_matches_the_simulation(federation, tmp_path):
         assert (run_dir / name).is_file(), name
     assert (run_dir / "model" / "adapter_config.json").is_file()
     assert json.loads((run_dir / "deployment.json").read_text())["flwr_run_id"] == res.run_id
-    rows = read_ledger(run_dir)
-    assert [r["round"] for r in rows] == [0, 1, 2]
+    rows = RunDir(run_dir).ledger()
+    assert [r.round for r in rows] == [0, 1, 2]
     for r in rows:
-        assert r["clients_sampled"] == sample_clients(exp.seed, r["round"], NUM_CLIENTS, 2)
-        assert (r["clients_replied"], r["clients_failed"], r["clients_rejected"]) == (2, 0, 0), r["failures"]
+        assert r.clients_sampled == sample_clients(exp.seed, r.round, NUM_CLIENTS, 2)
+        assert (r.clients_replied, r.clients_failed, r.clients_rejected) == (2, 0, 0), r.failures
 
     # the byte ledger against what the SuperLink counted on the Fleet API (flwr list --run-id)
     t = res.traffic
     assert t["consistent"], t
-    assert t["ledger_uplink_bytes"] == rows[-1]["cumulative_uplink_bytes"] > 0
-    messages = NUM_CLIENTS + sum(len(r["clients_sampled"]) for r in rows)  # enrollment + rounds
+    assert t["ledger_uplink_bytes"] == rows[-1].cumulative_uplink_bytes > 0
+    messages = NUM_CLIENTS + sum(len(r.clients_sampled) for r in rows)  # enrollment + rounds
     assert 0 <= t["uplink_overhead_bytes"] < 8192 * messages, t
     assert 0 <= t["downlink_overhead_bytes"] < 8192 * messages, t
 
     # deployed == simulated: same clients, same exact bytes, same metrics up to float noise
-    sim_rows = read_ledger(tmp_path / "simulated" / "sim")
+    sim_rows = RunDir(tmp_path / "simulated" / "sim").ledger()
     assert len(sim_rows) == len(rows)
-    for d, s in zip(rows, sim_rows):
+    for d, s in zip((r.to_dict() for r in rows), (r.to_dict() for r in sim_rows)):
         for key in ("clients_sampled", "clients_replied", "uplink_bytes", "downlink_bytes"):
             assert d[key] == s[key], (d["round"], key, d[key], s[key])
         for key in ("train_loss", "client_val_accuracy", "eval_loss", "eval_accuracy"):
@@ -239,17 +239,17 @@ def test_a_supernode_killed_mid_round(federation, tmp_path):
     killer.join(timeout=5)
     assert killed_at, "node-0 never received its round-1 message"
     assert res.status == "finished:completed"
-    row0, row1 = read_ledger(run_dir)
-    assert row1["clients_sampled"] == [0, 2]
-    assert (row1["clients_replied"], row1["clients_failed"]) == (1, 1), row1
-    (failure,) = row1["failures"]
+    row0, row1 = RunDir(run_dir).ledger()
+    assert row1.clients_sampled == [0, 2]
+    assert (row1.clients_replied, row1.clients_failed) == (1, 1), row1
+    (failure,) = row1.failures
     # whichever comes first: the round timeout, or the SuperLink declaring the node unavailable
     # after 2 missed heartbeats (Flower's 30 s interval) — either way partition 0 is named
     assert failure["partition"] == 0, failure
     assert failure["kind"] == "timeout" or (failure["kind"] == "error"
                                             and "Node Unavailable" in failure["reason"]), failure
-    assert row1["uplink_bytes"] > 0 and row1["train_loss"] is not None
-    round_s = row1["wall_time_s"] - row0["wall_time_s"]
+    assert row1.uplink_bytes > 0 and row1.train_loss is not None
+    round_s = row1.wall_time_s - row0.wall_time_s
     assert round_s < timeout_s + 60, round_s  # bounded by the timeout, not hanging
     assert json.loads((run_dir / "summary.json").read_text())["failed_client_rounds"] == 1
     import psutil

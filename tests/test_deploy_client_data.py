@@ -13,7 +13,7 @@ import pytest
 
 from fedlr.config import load_experiment
 from fedlr.deploy.local import LocalDeployment
-from fedlr.results import read_ledger
+from fedlr.results import RunDir
 
 pytestmark = pytest.mark.slow
 
@@ -46,12 +46,12 @@ def test_two_supernodes_train_on_their_own_files(tmp_path):
         res = fed.submit(exp, tmp_path / "run", run_name="own-data", echo=lines.append)
         logs = {name: fed.tree.log(name)[-3000:] for name in ("alice", "bob", "superlink")}
     assert res.status == "finished:completed", ("\n".join(lines[-60:]), logs)
-    rows = read_ledger(res.run_dir)
-    assert [r["round"] for r in rows] == [0, 1, 2]
+    rows = RunDir(res.run_dir).ledger()
+    assert [r.round for r in rows] == [0, 1, 2]
     for r in rows[1:]:
-        assert r["clients_sampled"] == [0, 1] and r["clients_replied"] == 2 and r["aggregated"], r
-        assert r["train_loss"] is not None and r["client_val_accuracy"] is not None, r
-    assert all(r["eval_accuracy"] is not None for r in rows)  # the server's own test file
+        assert r.clients_sampled == [0, 1] and r.clients_replied == 2 and r.aggregated, r
+        assert r.train_loss is not None and r.client_val_accuracy is not None, r
+    assert all(r.eval_accuracy is not None for r in rows)  # the server's own test file
     summary = json.loads((res.run_dir / "summary.json").read_text())
     assert summary["test_examples"] == 3 and summary["majority_rate"] is None
     assert json.loads((res.run_dir / "model" / "config.json").read_text())["id2label"] == {"0": "neg", "1": "pos"}

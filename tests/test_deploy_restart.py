@@ -19,7 +19,7 @@ from fedlr import checkpoint
 from fedlr.cli import main
 from fedlr.config import load_experiment
 from fedlr.deploy.local import LocalDeployment
-from fedlr.results import RunDir, read_ledger
+from fedlr.results import RunDir
 
 pytestmark = pytest.mark.slow
 
@@ -51,8 +51,8 @@ def test_a_superlink_killed_mid_run_comes_back_and_the_run_finishes(tmp_path, ca
         _wait_for(lambda: checkpoint.rounds(RunDir(cut_dir).checkpoint_dir)[-1:] == [1], "round 1's checkpoint")
         fed.restart_superlink(down_s=5)
         assert not (cut_dir / "summary.json").exists()
-        rows_at_crash = read_ledger(cut_dir)
-        assert [r["round"] for r in rows_at_crash][:2] == [0, 1]
+        rows_at_crash = RunDir(cut_dir).ledger()
+        assert [r.round for r in rows_at_crash][:2] == [0, 1]
 
         assert main(["run", "--resume", str(cut_dir)]) == 2  # not as a simulation
         assert f"fedlr deploy resume {cut_dir}" in capsys.readouterr().err
@@ -69,9 +69,9 @@ def test_a_superlink_killed_mid_run_comes_back_and_the_run_finishes(tmp_path, ca
 
     deployment = json.loads((cut_dir / "deployment.json").read_text())
     assert len(deployment["earlier_flwr_run_ids"]) == 1 and deployment["flwr_run_id"] != whole.run_id
-    got, want = read_ledger(cut_dir), read_ledger(whole.run_dir)
-    assert [r["round"] for r in got] == [0, 1, 2, 3]
-    for g, w in zip(got, want):
+    got, want = RunDir(cut_dir).ledger(), RunDir(whole.run_dir).ledger()
+    assert [r.round for r in got] == [0, 1, 2, 3]
+    for g, w in zip((r.to_dict() for r in got), (r.to_dict() for r in want)):
         for key in w:
             if key == "wall_time_s":
                 continue
@@ -80,4 +80,4 @@ def test_a_superlink_killed_mid_run_comes_back_and_the_run_finishes(tmp_path, ca
             else:
                 assert g[key] == w[key], (w["round"], key, g[key], w[key])
     traffic = json.loads((cut_dir / "traffic.json").read_text())["check"]
-    assert traffic["consistent"] and 0 < traffic["ledger_uplink_bytes"] < got[-1]["cumulative_uplink_bytes"]
+    assert traffic["consistent"] and 0 < traffic["ledger_uplink_bytes"] < got[-1].cumulative_uplink_bytes

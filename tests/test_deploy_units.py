@@ -20,6 +20,7 @@ from fedlr.deploy.node_config import format_node_config, parse_node_config
 from fedlr.deploy.node_keys import check_node_key, make_node_keys
 from fedlr.deploy.submission import traffic_check, write_app_dir
 from fedlr.errors import DeployError
+from fedlr.results import LedgerRow
 
 
 @pytest.fixture(scope="module")
@@ -230,12 +231,13 @@ def test_a_run_resumes_only_on_the_engine_it_ran_on(tmp_path, tiny_path, capsys)
 
 
 def test_traffic_check():
-    rows = [{"cumulative_uplink_bytes": 10, "cumulative_downlink_bytes": 5},
-            {"cumulative_uplink_bytes": 100, "cumulative_downlink_bytes": 50}]
+    rows = [LedgerRow(round=0, clients_sampled=[], cumulative_uplink_bytes=10, cumulative_downlink_bytes=5),
+            LedgerRow(round=1, clients_sampled=[], cumulative_uplink_bytes=100, cumulative_downlink_bytes=50)]
     info = {"network-traffic": {"inbound-bytes": 130, "outbound-bytes": 49}}
     t = traffic_check(rows, info)
     assert (t["uplink_overhead_bytes"], t["downlink_overhead_bytes"], t["consistent"]) == (30, -1, False)
-    rows = [{"round": r, "cumulative_uplink_bytes": 10 * r, "cumulative_downlink_bytes": 5 * r} for r in range(4)]
+    rows = [LedgerRow(round=r, clients_sampled=[], cumulative_uplink_bytes=10 * r, cumulative_downlink_bytes=5 * r)
+            for r in range(4)]
     resumed = traffic_check(rows, {"network-traffic": {"inbound-bytes": 21, "outbound-bytes": 10}}, since_round=1)
     assert (resumed["ledger_uplink_bytes"], resumed["ledger_downlink_bytes"], resumed["consistent"]) == (20, 10, True)
 

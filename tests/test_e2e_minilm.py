@@ -8,7 +8,7 @@ import pytest
 
 from conftest import ROOT
 from fedlr.cli import main
-from fedlr.results import read_ledger
+from fedlr.results import RunDir
 
 pytestmark = pytest.mark.slow
 
@@ -21,8 +21,8 @@ def test_fed_sb_on_minilm_beats_the_majority_class(tmp_path):
     code = main(["run", str(ROOT / "experiments" / "quickstart.toml"), "--quiet", *[a for o in overrides for a in ("--set", o)]])
     assert code == 0
     summary = json.loads((tmp_path / "e2e" / "summary.json").read_text())
-    ledger = read_ledger(tmp_path / "e2e")
+    ledger = RunDir(tmp_path / "e2e").ledger()
     # 300 test reviews: one standard error of an accuracy near 0.65 is 0.028
     assert summary["final_accuracy"] >= summary["majority_rate"] + 0.07, summary
-    assert summary["final_accuracy"] > ledger[0]["eval_accuracy"] + 0.03  # training, not the initial head
-    assert ledger[-1]["eval_loss"] < ledger[0]["eval_loss"]
+    assert summary["final_accuracy"] > ledger[0].eval_accuracy + 0.03  # training, not the initial head
+    assert ledger[-1].eval_loss < ledger[0].eval_loss

@@ -18,7 +18,7 @@ from fedlr.methods import get_method, method_names
 from fedlr.methods.flora import fresh_factors
 from fedlr.models.adapted import adapter_paths, build_adapted_model
 from fedlr.plan import communication_plan
-from fedlr.results import read_ledger
+from fedlr.results import RunDir
 from fedlr.compression.pipeline import encode_update
 from fedlr.run.records import payload_record, to_record
 from fedlr.results.ledger import LedgerRow
@@ -303,11 +303,11 @@ def test_simulation_with_heterogeneous_ranks_matches_the_plan_and_rejects_nothin
     assert code == 0
     exp = load_experiment(tiny_path, overrides)
     plan = communication_plan(exp, 2)
-    ledger = read_ledger(tmp_path / "het")
-    assert [r["uplink_bytes"] for r in ledger[1:]] == plan["uplink_bytes_by_round"]
-    assert all(r["downlink_bytes"] == 3 * plan["downlink_bytes"] for r in ledger[1:])
-    assert all(r["clients_replied"] == 3 and r["clients_rejected"] == 0 and r["clients_failed"] == 0 for r in ledger[1:])
-    assert ledger[-1]["cumulative_uplink_bytes"] == plan["total_uplink_bytes"]
-    assert ledger[-1]["cumulative_downlink_bytes"] == plan["total_downlink_bytes"]
-    assert math.isfinite(ledger[-1]["eval_loss"])
+    ledger = RunDir(tmp_path / "het").ledger()
+    assert [r.uplink_bytes for r in ledger[1:]] == plan["uplink_bytes_by_round"]
+    assert all(r.downlink_bytes == 3 * plan["downlink_bytes"] for r in ledger[1:])
+    assert all(r.clients_replied == 3 and r.clients_rejected == 0 and r.clients_failed == 0 for r in ledger[1:])
+    assert ledger[-1].cumulative_uplink_bytes == plan["total_uplink_bytes"]
+    assert ledger[-1].cumulative_downlink_bytes == plan["total_downlink_bytes"]
+    assert math.isfinite(ledger[-1].eval_loss)
     assert (tmp_path / "het" / "model" / "config.json").is_file()  # FLoRA's merged export

@@ -10,7 +10,7 @@ import pytest
 from fedlr.cli import main
 from fedlr.config import load_experiment
 from fedlr.plan import communication_plan
-from fedlr.results import read_ledger
+from fedlr.results import RunDir
 
 pytestmark = pytest.mark.slow
 
@@ -23,16 +23,16 @@ def test_private_fed_svd_run_accounts_what_the_plan_said(tmp_path, tiny_path):
     assert main(args + [x for o in OVERRIDES for x in ("--set", o)]) == 0
     exp = load_experiment(tiny_path, OVERRIDES)
     plan = communication_plan(exp, 2)
-    ledger = read_ledger(tmp_path / "dp")
-    eps = [r["epsilon"] for r in ledger]
+    ledger = RunDir(tmp_path / "dp").ledger()
+    eps = [r.epsilon for r in ledger]
     assert eps[0] == 0.0 and all(a <= b for a, b in zip(eps, eps[1:])) and eps[-1] > 0
     assert eps[-1] == pytest.approx(plan["epsilon_seeded_schedule"], rel=1e-9)
     assert eps[-1] <= plan["epsilon"] <= 3.0
     for row in ledger[1:]:
-        assert row["delta"] == 1e-5 and row["epsilon"] == max(row["client_epsilon"].values())
-        assert set(map(int, row["client_epsilon"])) >= set(row["clients_sampled"])
-    assert ledger[-1]["cumulative_uplink_bytes"] == plan["total_uplink_bytes"]
-    assert ledger[-1]["cumulative_downlink_bytes"] == plan["total_downlink_bytes"]
+        assert row.delta == 1e-5 and row.epsilon == max(row.client_epsilon.values())
+        assert set(map(int, row.client_epsilon)) >= set(row.clients_sampled)
+    assert ledger[-1].cumulative_uplink_bytes == plan["total_uplink_bytes"]
+    assert ledger[-1].cumulative_downlink_bytes == plan["total_downlink_bytes"]
     summary = json.loads((tmp_path / "dp" / "summary.json").read_text())
     assert summary["epsilon"] == eps[-1] and summary["delta"] == 1e-5 and summary["accountant"] == "rdp"
     assert summary["adjacency"] == "add/remove one training example of one client"

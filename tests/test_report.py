@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from PIL import Image
 
 from fedlr.cli import main
 from fedlr.config import experiment_from_dict
-from fedlr.results import RunDir
+from fedlr.results import LedgerRow, RunDir
 from fedlr.results.console import Console, eta_seconds, format_duration
 from fedlr.results.plots import PIXELS
 from fedlr.results.report import ReportError, build_report, run_row, varying_fields, write_report
@@ -38,11 +39,10 @@ def make_run(root: Path, name: str, method="fedit", rank=4, seed=0, accs=(0.5, 0
     for rnd, acc in enumerate(accs):
         u, d = (up * rnd, down * rnd)
         cum_up, cum_down = cum_up + u, cum_down + d
-        run.append({"round": rnd, "clients_sampled": [0, 1], "clients_replied": 2, "clients_failed": 0,
-                    "clients_rejected": 0, "failures": [], "train_loss": None, "client_val_accuracy": None,
-                    "eval_loss": 0.6, "eval_accuracy": acc, "uplink_bytes": u, "downlink_bytes": d,
-                    "cumulative_uplink_bytes": cum_up, "cumulative_downlink_bytes": cum_down,
-                    "cumulative_bytes": cum_up + cum_down, "wall_time_s": 1.0 + rnd})
+        run.append(LedgerRow(round=rnd, clients_sampled=[0, 1], clients_replied=2, eval_loss=0.6, eval_accuracy=acc,
+                             uplink_bytes=u, downlink_bytes=d, cumulative_uplink_bytes=cum_up,
+                             cumulative_downlink_bytes=cum_down, cumulative_bytes=cum_up + cum_down,
+                             wall_time_s=1.0 + rnd))
     if complete:
         evaluated = [a for a in accs if a is not None]
         run.write_summary({"method": method, "rank": rank, "final_accuracy": accs[-1],
@@ -72,7 +72,7 @@ def test_rows_come_from_the_ledger_and_privacy_from_the_summary(tmp_path):
     # make the summary disagree with its ledger: the report must follow the ledger
     summary = json.loads((path / "summary.json").read_text())
     summary.update(final_accuracy=0.0, best_accuracy=0.0, uplink_bytes=1)
-    ledger = [json.loads(x) for x in (path / "ledger.jsonl").read_text().splitlines()]
+    ledger = [LedgerRow.from_dict(json.loads(x)) for x in (path / "ledger.jsonl").read_text().splitlines()]
     config = {"seed": 0, "method": {"name": "fedit", "rank": 4}}
     row = run_row(config, summary, ledger)
     assert row["final_accuracy"] == 0.7 and row["best_accuracy"] == 0.9
@@ -80,12 +80,12 @@ def test_rows_come_from_the_ledger_and_privacy_from_the_summary(tmp_path):
     assert row["epsilon"] == 2.5 and row["delta"] == 1e-5 and row["wall_time_s"] == 10.0
     assert row["codec"] == "none" and row["rank"] == 4 and row["rounds"] == 2
     # codec from config when the compression section exists; ε from the ledger when only it has one
-    ledger[-1]["epsilon"] = 3.0
+    ledger[-1].epsilon = 3.0
     row = run_row({**config, "compression": {"codec": "int8"}}, {}, ledger)
     assert row["codec"] == "int8" and row["epsilon"] == 3.0 and row["delta"] is None
     assert run_row({"method": {"name": "full_ft", "rank": 16}}, {}, ledger)["rank"] is None
     # the non-private column of a privacy study: target ε = ∞, no ε in summary or ledger
-    del ledger[-1]["epsilon"]
+    ledger[-1].epsilon = None
     no_dp = run_row({**config, "privacy": {"mode": "sample", "target_epsilon": float("inf")}}, {"epsilon": None}, ledger)
     assert no_dp["epsilon"] == float("inf")
 
@@ -208,14 +208,13 @@ def test_page_loads_and_shows_its_images_in_headless_chromium(study, tmp_path):
 
 
 # ----------------------------------------------------------------------------- console
-ROW = {"round": 1, "clients_sampled": [0, 1], "clients_replied": 2, "clients_failed": 0, "clients_rejected": 0,
-       "train_loss": 0.69, "client_val_accuracy": None, "eval_loss": 0.7, "eval_accuracy": 0.5,
-       "uplink_bytes": MIB, "downlink_bytes": MIB // 2, "cumulative_bytes": 3 * MIB, "wall_time_s": 12.0}
+ROW = LedgerRow(round=1, clients_sampled=[0, 1], clients_replied=2, train_loss=0.69, eval_loss=0.7, eval_accuracy=0.5,
+                uplink_bytes=MIB, downlink_bytes=MIB // 2, cumulative_bytes=3 * MIB, wall_time_s=12.0)
 
 
 def _rows():
-    r0 = {**ROW, "round": 0, "train_loss": None, "wall_time_s": 10.0}
-    return [r0, ROW, {**ROW, "round": 2, "wall_time_s": 14.0, "epsilon": 1.234}]
+    r0 = replace(ROW, round=0, train_loss=None, wall_time_s=10.0)
+    return [r0, ROW, replace(ROW, round=2, wall_time_s=14.0, epsilon=1.234)]
 
 
 def test_console_plain_log_lines_when_not_a_terminal():
@@ -273,7 +272,7 @@ def test_ledgers_export_to_tensorboard(study, tmp_path):
     assert [e.value for e in test_acc] == pytest.approx([r["eval_accuracy"] for r in ledger])
     assert acc.Scalars("bytes/cumulative_MiB")[-1].value == pytest.approx(ledger[-1]["cumulative_bytes"] / MIB)
     assert "privacy/epsilon" not in acc.Tags()["scalars"]  # this ledger has no per-round ε
-    assert scalars_of({"round": 3, "epsilon": 1.5, "train_loss": None})["privacy/epsilon"] == 1.5
+    assert scalars_of(LedgerRow(round=3, clients_sampled=[], epsilon=1.5))["privacy/epsilon"] == 1.5
 
     # live: a Console observer, as `fedlr sweep --tensorboard` wires it
     writer = LedgerWriter(tmp_path / "live")
@@ -299,3 +298,4 @@ def test_non_private_reference_runs_show_epsilon_infinity(study):
     assert "| ∞ |" in row
     with Image.open(paths["fig_epsilon"]) as img:
         assert img.size == PIXELS
+

@@ -21,7 +21,7 @@ from fedlr import checkpoint
 from fedlr.cli import main
 from fedlr.config import load_experiment
 from fedlr.faults import OBSERVED_AS, fault_schedule
-from fedlr.results import read_ledger
+from fedlr.results import RunDir
 from fedlr.sampling import sample_clients
 
 pytestmark = pytest.mark.slow
@@ -37,7 +37,7 @@ def args(tiny_path, out, name, overrides):
 
 
 def without_timing(rows):
-    return [{k: v for k, v in r.items() if k != "wall_time_s"} for r in rows]
+    return [{k: v for k, v in r.to_dict().items() if k != "wall_time_s"} for r in rows]
 
 
 def final_state(run_dir):
@@ -97,9 +97,11 @@ def test_killed_run_resumes_to_the_identical_ledger_and_model(uninterrupted, tin
         path = checkpoint.path_for(run_dir / "checkpoints", newest)
         path.write_bytes(path.read_bytes()[:-100])
     assert main(["run", "--resume", str(run_dir), "--quiet"]) == 0
-    want, got = read_ledger(uninterrupted), read_ledger(run_dir)
+    want, got = RunDir(uninterrupted).ledger(), RunDir(run_dir).ledger()
     assert without_timing(got) == without_timing(want)
-    assert got[-1]["epsilon"] > 0 and got[-1]["client_epsilon"]  # DP was on and its accounts continued
+    assert got[-1].epsilon > 0 and got[-1].client_epsilon  # DP was on and its accounts continued
+    # one clock over both sessions: the summary's wall time is the ledger's last (not the resume's own)
+    assert RunDir(run_dir).summary()["wall_time_s"] == got[-1].wall_time_s > got[k].wall_time_s
     (r1, s1), (r2, s2) = final_state(uninterrupted), final_state(run_dir)
     assert r1 == r2 == 4 and s1.keys() == s2.keys()
     assert all(torch.equal(s1[key], s2[key]) for key in s1)
@@ -122,13 +124,13 @@ def test_one_ctrl_c_stops_the_run_cleanly_and_it_resumes(tiny_path, tmp_path):
         kill_group(proc)
     assert proc.returncode == 130, output[-3000:]
     assert stopped_in < 60 and "Traceback" not in output, output[-3000:]
-    last = read_ledger(tmp_path / name)[-1]["round"]
+    last = RunDir(tmp_path / name).ledger()[-1].round
     assert 1 <= last < 8 and f"fedlr run --resume {tmp_path / name}" in output
     assert f"interrupted after round {last} of 8" in output
     assert checkpoint.latest(tmp_path / name / "checkpoints")[0] == last  # intact: it verifies
     assert not (tmp_path / name / "summary.json").exists()
     assert main(["run", "--resume", str(tmp_path / name), "--quiet"]) == 0
-    assert [r["round"] for r in read_ledger(tmp_path / name)] == list(range(9))
+    assert [r.round for r in RunDir(tmp_path / name).ledger()] == list(range(9))
 
 
 def test_resume_refuses_a_run_without_checkpoints(tmp_path, tiny_path, capsys):
@@ -157,16 +159,16 @@ def test_faults_are_recorded_and_rounds_go_on(tiny_path, tmp_path):
                  "faults.fraction=0.3", "faults.hang_s=40", "output.export_peft=false", "evaluation.client_side=false"]
     assert main(args(tiny_path, tmp_path, "faults", overrides)) == 0
     exp = load_experiment(tmp_path / "faults" / "config.toml")
-    rows = read_ledger(tmp_path / "faults")
-    assert [r["round"] for r in rows] == [0, 1, 2, 3]
+    rows = RunDir(tmp_path / "faults").ledger()
+    assert [r.round for r in rows] == [0, 1, 2, 3]
     seen_kinds = set()
     for row in rows[1:]:
-        sampled = sample_clients(exp.seed, row["round"], 6, 5)
-        injected = fault_schedule(exp, row["round"], sampled)
-        observed = {f["partition"]: f["kind"] for f in row["failures"]}
+        sampled = sample_clients(exp.seed, row.round, 6, 5)
+        injected = fault_schedule(exp, row.round, sampled)
+        observed = {f["partition"]: f["kind"] for f in row.failures}
         assert observed == {pid: OBSERVED_AS[kind] for pid, kind in injected.items()}
-        assert row["clients_failed"] + row["clients_rejected"] == len(injected)
-        assert row["aggregated"] == (len(sampled) - len(injected) >= 3)
+        assert row.clients_failed + row.clients_rejected == len(injected)
+        assert row.aggregated == (len(sampled) - len(injected) >= 3)
         seen_kinds.update(injected.values())
     assert seen_kinds == {"raise", "hang", "garbage"}  # seed 36 exercises every kind
-    assert [r["aggregated"] for r in rows[1:]] == [True, False, True]  # round 2: 2 valid < min_replies
+    assert [r.aggregated for r in rows[1:]] == [True, False, True]  # round 2: 2 valid < min_replies

@@ -22,7 +22,7 @@ from fedlr.privacy.planning import plan_privacy  # noqa: E402
 from fedlr.results import RunDir  # noqa: E402
 from fedlr.results.console import Console  # noqa: E402
 from fedlr.results.ledger import LedgerRow  # noqa: E402
-from fedlr.results.rundir import read_ledger  # noqa: E402
+from fedlr.results.ledger import read_ledger  # noqa: E402
 from fedlr.run.records import to_record  # noqa: E402
 from fedlr.strategies import FedIT, ServerState  # noqa: E402
 from fedlr.strategies.client_epsilon import planned_epsilon  # noqa: E402
@@ -150,11 +150,11 @@ def test_a_sample_level_straggler_keeps_its_epsilon_in_the_ledger(tmp_path, one_
     run_dir = RunDir.create(exp, "straggler")
     run_server(grid, exp, run_dir, Console(quiet=True))
     row = read_ledger(run_dir.ledger_path)[-1]
-    assert [f["kind"] for f in row["failures"]] == ["timeout"] and row["failures"][0]["partition"] == late
+    assert [f["kind"] for f in row.failures] == ["timeout"] and row.failures[0]["partition"] == late
     spent = StepAccountant.from_state(dict(grid.contexts[late + 1].state[STATE_ACCOUNTANT])).epsilon(1e-3)
     assert spent > 0  # it trained 2 DP-SGD steps and released its update, late
-    assert row["client_epsilon"][str(late)] == pytest.approx(spent, rel=1e-12)
-    assert row["epsilon"] >= spent
+    assert row.client_epsilon[str(late)] == pytest.approx(spent, rel=1e-12)
+    assert row.epsilon >= spent
 
 
 # ----------------------------------------------------------------------------- federation.weighting
@@ -202,10 +202,10 @@ def test_under_uniform_weighting_a_dp_client_releases_nothing_but_its_update(tmp
     for r in grid.train_replies:
         assert set(r.content.array_records) == {"arrays"} and len(r.content["metrics"]) == 0
     row = read_ledger(run_dir.ledger_path)[-1]
-    assert row["aggregated"] and row["train_loss"] is None and row["client_val_accuracy"] is None
+    assert row.aggregated and row.train_loss is None and row.client_val_accuracy is None
     plan = plan_privacy(exp, [len(r) for r in _train_rows(exp)])
-    assert row["client_epsilon"] == {str(p): planned_epsilon(privacy_mode(exp.privacy), plan, p, 1) for p in row["clients_sampled"]}
-    assert row["epsilon"] > 0
+    assert row.client_epsilon == {str(p): planned_epsilon(privacy_mode(exp.privacy), plan, p, 1) for p in row.clients_sampled}
+    assert row.epsilon > 0
     assert not any("n_k" in note for note in summary["released_beside_epsilon"])
     examples = load_experiment(TINY, ['method.name="fedit"', 'privacy.mode="client_central"',
                                       "privacy.noise_multiplier=1.0", "privacy.delta=1e-3"])

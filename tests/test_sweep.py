@@ -20,7 +20,7 @@ import pytest
 
 from fedlr.cli import main
 from fedlr.config import ConfigError, toml_value
-from fedlr.results import RunDir, read_ledger
+from fedlr.results import LedgerRow, RunDir
 from fedlr.results.console import Console
 from fedlr.sweep import (SweepSpec, axis_labels, build_sweep, check_field, execute_sweep, expand, load_sweep,
                          parse_sweep_table, slug_for)
@@ -164,8 +164,6 @@ class FakeSimulation:
         self.interrupt_on = interrupt_on
 
     def __call__(self, exp, run_dir: RunDir) -> dict:
-        from fedlr.results.ledger import LedgerRow
-
         self.calls.append(run_dir.path.name)
         fed = exp.federation
         per_client = 1000 * exp.method.rank + (50_000 if exp.method.name == "fed_sb" else 0)
@@ -182,7 +180,7 @@ class FakeSimulation:
             up, down = up + rep.uplink_bytes, down + rep.downlink_bytes
             rep.cumulative_uplink_bytes, rep.cumulative_downlink_bytes, rep.cumulative_bytes = up, down, up + down
             rep.wall_time_s = 0.5 * (rnd + 1)
-            run_dir.append(rep.to_dict())
+            run_dir.append(rep)
             rows.append(rep.to_dict())
             if rnd == 0 and self.interrupt_on == len(self.calls):
                 raise KeyboardInterrupt
@@ -253,7 +251,7 @@ def test_acceptance_interrupt_restart_and_report(tmp_path):
     assert any(line.startswith("[sweep 8/8] done  method-ffa_lora__target_epsilon-3.0__seed-1") and "0 left" in line
                for line in out)
     # the interrupted run was redone from scratch: one ledger row per round, not 1 + 4
-    assert len(read_ledger(sweep.root / slugs[3])) == 4
+    assert len(RunDir(sweep.root / slugs[3]).ledger()) == 4
     manifest = json.loads((sweep.root / "sweep.json").read_text())
     assert [r["slug"] for r in manifest["runs"]] == slugs
 
@@ -430,13 +428,13 @@ def test_an_interrupted_run_with_a_checkpoint_resumes_instead_of_starting_over(t
     sweep = build_sweep(tiny_data(tmp_path, {"seed": [0, 1]}), "s")
     for point in sweep.points:  # both interrupted after round 1; only seed 0 got its checkpoint written
         rd = RunDir.create(point.experiment, point.slug)
-        rd.append({"round": 0})
+        rd.append(LedgerRow(round=0, clients_sampled=[]))
         if point.experiment.seed == 0:
             checkpoint.save(rd.checkpoint_dir, 0, {"round": 0})
     calls = []
 
     def run_one(exp, run_dir, resume=False):
-        calls.append((exp.seed, resume, (run_dir.path / "ledger.jsonl").exists()))
+        calls.append((exp.seed, resume, run_dir.ledger_path.exists()))
         return FakeSimulation()(exp, run_dir)
 
     execute_sweep(sweep, run_one, console=Console(quiet=True), check=lambda exp: 2)

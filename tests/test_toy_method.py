@@ -25,7 +25,7 @@ from fedlr.privacy.modes import MODES  # noqa: E402
 from fedlr.privacy.planning import client_train_sizes, plan_privacy  # noqa: E402
 from fedlr.results import RunDir  # noqa: E402
 from fedlr.results.console import Console  # noqa: E402
-from fedlr.results.rundir import read_ledger  # noqa: E402
+from fedlr.results.ledger import read_ledger  # noqa: E402
 
 TOY = "toy_half_step"
 CALLS = []  # (state, updates, weights, result) of every aggregation the server ran
@@ -99,9 +99,9 @@ def test_the_toy_runs_end_to_end_as_its_spec_says(tmp_path, toy, one_torch_threa
     run_dir = RunDir.create(exp, "toy")
     summary = run_server(InProcessGrid(app, exp.federation.num_clients), exp, run_dir, Console(quiet=True))
     rows = read_ledger(run_dir.ledger_path)
-    assert [r["round"] for r in rows] == [0, 1, 2]
-    assert all(r["aggregated"] for r in rows[1:])
-    assert [r["uplink_bytes"] for r in rows[1:]] == plan["uplink_bytes_by_round"]
+    assert [r.round for r in rows] == [0, 1, 2]
+    assert all(r.aggregated for r in rows[1:])
+    assert [r.uplink_bytes for r in rows[1:]] == plan["uplink_bytes_by_round"]
     assert summary["method"] == TOY and summary["total_bytes"] == plan["total_bytes"]
 
     # the server aggregated with the toy's function, each client's update holding exactly what it trains

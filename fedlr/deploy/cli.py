@@ -260,7 +260,7 @@ def cmd_resume(args) -> int:
 
     run_dir = resumable_run_dir(args.run_dir, "deployment")
     if run_dir.complete:
-        print(f"fedlr: {run_dir.path} is complete (summary.json exists); nothing to resume")
+        print(f"fedlr: {run_dir.path} is complete ({run_dir.summary_path.name} exists); nothing to resume")
         return 0
     res = submit(run_dir.experiment(), _connection(args), run_dir=run_dir.path.resolve(), timeout_s=args.timeout,
                  echo=print, resume=True)

@@ -57,7 +57,6 @@ def run_dir_for(exp: Experiment, run_config: dict):
     """Create the run directory ``run_config`` asks for (see the module docstring). Its
     ``config.toml`` is the experiment as submitted, and that experiment is what the clients get,
     so repeated runs of one experiment reuse the warm workers' model (same fingerprint)."""
-    from fedlr.config import to_toml
     from fedlr.results import RunDir
 
     run_dir = str(run_config.get(RUN_DIR_KEY, "")).strip()
@@ -70,7 +69,7 @@ def run_dir_for(exp: Experiment, run_config: dict):
         data["output"] = {**data["output"], "dir": str(path.parent), "name": path.name}
         placed = experiment_from_dict(data)
     rd = RunDir.create(placed, str(run_config.get(RUN_NAME_KEY, "")) or "deploy")
-    (rd.path / "config.toml").write_text(to_toml(exp))
+    rd.write_config(exp)
     return exp, rd
 
 

@@ -22,6 +22,7 @@ from fedlr.deploy.connection import Connection, flwr_json, run_flwr, run_info
 from fedlr.deploy.eligibility import refuse_undeployable
 from fedlr.deploy.flower_argv import flower_bin
 from fedlr.errors import DeployError, DeploymentFailed
+from fedlr.results import LedgerRow, RunDir
 
 APP_NAME = "fedlr-deploy"
 SERVER_APP_REF = "fedlr.deploy.server_app:server_app"
@@ -69,7 +70,7 @@ def _toml_str(s: str) -> str:
     return json.dumps(s)  # a JSON string literal is a valid TOML basic string
 
 
-def traffic_check(rows: list[dict], info: dict, since_round: int = -1) -> dict:
+def traffic_check(rows: list[LedgerRow], info: dict, since_round: int = -1) -> dict:
     """Compare fedlr's byte ledger with the traffic the SuperLink counted for the run.
 
     Flower counts every Fleet API request and response of the run (protobuf sizes of pushed and
@@ -77,9 +78,9 @@ def traffic_check(rows: list[dict], info: dict, since_round: int = -1) -> dict:
     config records), so its inbound (SuperNodes → SuperLink) must be at least fedlr's uplink and
     its outbound at least fedlr's downlink; the difference is the protocol overhead. A resumed
     run's Flower run carried only the rounds after ``since_round`` (its checkpoint)."""
-    def spent(key: str) -> int:
-        before = [r[key] for r in rows if r["round"] <= since_round] if since_round >= 0 else []
-        return (rows[-1][key] if rows else 0) - (before[-1] if before else 0)
+    def spent(field: str) -> int:
+        before = [getattr(r, field) for r in rows if r.round <= since_round] if since_round >= 0 else []
+        return (getattr(rows[-1], field) if rows else 0) - (before[-1] if before else 0)
 
     up, down = spent("cumulative_uplink_bytes"), spent("cumulative_downlink_bytes")
     traffic = info.get("network-traffic", {})
@@ -162,12 +163,10 @@ def submit(exp: Experiment, connection: Connection, run_dir: str | Path | None =
         info = run_info(run_id, env, name)
         status = str(info.get("status", ""))
     traffic = None
-    ledger = run_dir / "ledger.jsonl"
-    if ledger.is_file():
-        from fedlr.results import read_ledger
-
-        traffic = traffic_check(read_ledger(ledger), info, since_round)
-        (run_dir / "traffic.json").write_text(json.dumps({"flwr_run": info, "check": traffic}, indent=2) + "\n")
+    run = RunDir(run_dir)
+    if run.ledger_path.is_file():
+        traffic = traffic_check(run.ledger(), info, since_round)
+        run.traffic_path.write_text(json.dumps({"flwr_run": info, "check": traffic}, indent=2) + "\n")
     return SubmitResult(run_id, run_dir, status, info, traffic, logs)
 
 

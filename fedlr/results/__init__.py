@@ -1,5 +1,6 @@
 """The run directory: resolved config, seeds, per-round ledger (JSONL), summary, exported model."""
 
-from fedlr.results.rundir import RunDir, read_ledger
+from fedlr.results.ledger import LedgerError, LedgerRow, read_ledger
+from fedlr.results.rundir import RunDir
 
-__all__ = ["RunDir", "read_ledger"]
+__all__ = ["LedgerError", "LedgerRow", "RunDir", "read_ledger"]

@@ -22,6 +22,8 @@ import math
 import sys
 import time
 
+from fedlr.results.ledger import LedgerRow
+
 COLUMNS = [
     ("round", "{:>5}", 5), ("clients", "{:>7}", 7), ("train_loss", "{:>10}", 10), ("val_acc", "{:>7}", 7),
     ("test_loss", "{:>9}", 9), ("test_acc", "{:>8}", 8), ("up_MB", "{:>8}", 8), ("down_MB", "{:>8}", 8),
@@ -87,46 +89,44 @@ class Console:
             names = [f"{name:>{w}}" for name, _, w in COLUMNS] + [f"{name:>{w}}" for name, w in PROGRESS_COLUMNS]
             self.print("  ".join(names))
 
-    def _progress(self, row: dict) -> tuple[str, str]:
+    def _progress(self, row: LedgerRow) -> tuple[str, str]:
         """(rounds done/total, ETA) after ``row``; round 0 (set-up) is not a training round."""
-        wall = row.get("wall_time_s")
-        if wall is not None:
-            if self._last_wall is not None and row["round"] >= 1:
-                self._round_times.append(wall - self._last_wall)
-            self._last_wall = wall
+        if self._last_wall is not None and row.round >= 1:
+            self._round_times.append(row.wall_time_s - self._last_wall)
+        self._last_wall = row.wall_time_s
         total = self.total_rounds
-        done = row["round"]
+        done = row.round
         left = f"{done}/{total}" if total else str(done)
         eta = eta_seconds(self._round_times, total - done) if total else None
         return left, format_duration(eta)
 
-    def round(self, row: dict) -> None:
+    def round(self, row: LedgerRow) -> None:
         for observe in self.observers:
             observe(row)
-        clients = f"{row['clients_replied']}/{len(row['clients_sampled'])}"
-        eps = _num(row.get("epsilon"), "{:.3g}")
+        clients = f"{row.clients_replied}/{len(row.clients_sampled)}"
+        eps = _num(row.epsilon, "{:.3g}")
         left, eta = self._progress(row)
         if self.tty:
             cells = [
-                str(row["round"]), clients, _num(row["train_loss"], "{:.4f}"),
-                _num(row["client_val_accuracy"], "{:.4f}"), _num(row["eval_loss"], "{:.4f}"),
-                _num(row["eval_accuracy"], "{:.4f}"), f"{row['uplink_bytes'] / MB:.3f}",
-                f"{row['downlink_bytes'] / MB:.3f}", f"{row['cumulative_bytes'] / MB:.3f}", f"{row['wall_time_s']:.1f}",
+                str(row.round), clients, _num(row.train_loss, "{:.4f}"),
+                _num(row.client_val_accuracy, "{:.4f}"), _num(row.eval_loss, "{:.4f}"),
+                _num(row.eval_accuracy, "{:.4f}"), f"{row.uplink_bytes / MB:.3f}",
+                f"{row.downlink_bytes / MB:.3f}", f"{row.cumulative_bytes / MB:.3f}", f"{row.wall_time_s:.1f}",
             ]
             widths = [w for _, _, w in COLUMNS] + [w for _, w in PROGRESS_COLUMNS]
             self.print("  ".join(f"{c:>{w}}" for c, w in zip([*cells, eps, left, eta], widths)))
             return
         fields = [
-            ("round", left), ("clients", clients), ("train_loss", _num(row["train_loss"], "{:.4f}")),
-            ("val_acc", _num(row["client_val_accuracy"], "{:.4f}")), ("test_loss", _num(row["eval_loss"], "{:.4f}")),
-            ("test_acc", _num(row["eval_accuracy"], "{:.4f}")), ("eps", eps),
-            ("up_MB", f"{row['uplink_bytes'] / MB:.3f}"), ("down_MB", f"{row['downlink_bytes'] / MB:.3f}"),
-            ("total_MB", f"{row['cumulative_bytes'] / MB:.3f}"), ("elapsed_s", f"{row['wall_time_s']:.1f}"),
+            ("round", left), ("clients", clients), ("train_loss", _num(row.train_loss, "{:.4f}")),
+            ("val_acc", _num(row.client_val_accuracy, "{:.4f}")), ("test_loss", _num(row.eval_loss, "{:.4f}")),
+            ("test_acc", _num(row.eval_accuracy, "{:.4f}")), ("eps", eps),
+            ("up_MB", f"{row.uplink_bytes / MB:.3f}"), ("down_MB", f"{row.downlink_bytes / MB:.3f}"),
+            ("total_MB", f"{row.cumulative_bytes / MB:.3f}"), ("elapsed_s", f"{row.wall_time_s:.1f}"),
             ("eta", eta),
         ]
-        if row.get("clients_failed") or row.get("clients_rejected"):
-            fields.insert(2, ("failed", str(row.get("clients_failed", 0))))
-            fields.insert(3, ("rejected", str(row.get("clients_rejected", 0))))
+        if row.clients_failed or row.clients_rejected:
+            fields.insert(2, ("failed", str(row.clients_failed)))
+            fields.insert(3, ("rejected", str(row.clients_rejected)))
         self.print(f"{time.strftime('%H:%M:%S')} fedlr " + " ".join(f"{k}={v}" for k, v in fields))
 
     def summary(self, s: dict) -> None:

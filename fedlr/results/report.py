@@ -34,7 +34,10 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from fedlr.errors import ConfigError
+from fedlr.config_paths import flatten
+from fedlr.results.ledger import LedgerError, LedgerRow
 from fedlr.results.pareto import mean_std
+from fedlr.results.rundir import RunDir
 
 MIB = 2**20
 REPORT_DIR = "report"
@@ -59,67 +62,45 @@ class RunRecord:
     path: Path
     name: str  # relative to the report's root
     config: dict
+    config_text: str  # the config as written (shown beside TensorBoard's scalars)
     summary: dict | None  # None: the run is not complete
-    ledger: list[dict] = field(default_factory=list)
+    ledger: list[LedgerRow] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
         return self.summary is not None
 
 
-def _read_ledger(path: Path, strict: bool) -> list[dict]:
-    if not path.is_file():
-        if strict:
-            raise ReportError(f"{path}: missing (the run has a summary.json but no ledger)")
-        return []
-    rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            if strict:
-                raise ReportError(f"{path}:{n}: not a JSON ledger row: {e}") from None
-            break  # an interrupted run may leave half a line
-    return rows
-
-
-def read_run(path: Path, root: Path) -> RunRecord:
-    path = Path(path)
+def read_run(run: RunDir, root: Path) -> RunRecord:
     try:
-        config = tomllib.loads((path / "config.toml").read_text())
+        config_text = run.config_path.read_text()
+        config = tomllib.loads(config_text)
     except (OSError, tomllib.TOMLDecodeError) as e:
-        raise ReportError(f"{path / 'config.toml'}: cannot read: {e}") from None
-    summary = None
-    if (path / "summary.json").is_file():
-        try:
-            summary = json.loads((path / "summary.json").read_text())
-        except json.JSONDecodeError as e:
-            raise ReportError(f"{path / 'summary.json'}: not JSON: {e}") from None
-    ledger = _read_ledger(path / "ledger.jsonl", strict=summary is not None)
-    name = path.relative_to(root).as_posix() if path != root else path.name
-    return RunRecord(path=path, name=name, config=config, summary=summary, ledger=ledger)
+        raise ReportError(f"{run.config_path}: cannot read: {e}") from None
+    try:
+        summary = run.summary()
+    except ValueError as e:
+        raise ReportError(f"{run.summary_path}: not JSON: {e}") from None
+    if summary is not None and not run.ledger_path.is_file():
+        raise ReportError(f"{run.ledger_path}: missing (the run has a {RunDir.SUMMARY} but no ledger)")
+    try:
+        ledger = run.ledger()
+    except LedgerError as e:
+        raise ReportError(str(e)) from None
+    name = run.path.relative_to(root).as_posix() if run.path != root else run.path.name
+    return RunRecord(path=run.path, name=name, config=config, config_text=config_text, summary=summary,
+                     ledger=ledger)
 
 
 def discover_runs(root: Path | str) -> list[RunRecord]:
-    """Every run directory (a folder holding ``config.toml``) at or below ``root``, sorted."""
+    """Every run directory (``RunDir.below``) at or below ``root``, sorted."""
     root = Path(root)
     if not root.is_dir():
         raise ReportError(f"{root}: not a directory")
-    return [read_run(p.parent, root) for p in sorted(root.rglob("config.toml"))]
+    return [read_run(run, root) for run in RunDir.below(root)]
 
 
 # ----------------------------------------------------------------------------- pure tables
-def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
-    """``{"method": {"rank": 4}}`` -> ``{"method.rank": 4}``; lists stay values."""
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def _is_parameter(key: str) -> bool:
@@ -135,7 +116,7 @@ def _defaults() -> dict[str, Any]:
 def normalized(config: dict, defaults: dict[str, Any] | None = None) -> dict[str, Any]:
     """A run's config as dotted fields, a field it lacks filled with today's default (a run made
     before a config section existed ran as that section's defaults do), None values dropped
-    (``config.toml`` leaves them out)."""
+    (``config.toml`` leaves out a None that is the default; ``"none"`` stands for any other)."""
     flat = {k: v for k, v in flatten(config).items() if v is not None}
     defaults = _defaults() if defaults is None else defaults
     return {**{k: v for k, v in defaults.items() if k not in flat}, **flat}
@@ -174,18 +155,18 @@ def _method_has_rank(method: str | None) -> bool:
         return True
 
 
-def run_row(config: dict, summary: dict | None, ledger: list[dict]) -> dict:
+def run_row(config: dict, summary: dict | None, ledger: list[LedgerRow]) -> dict:
     """One run's figures from its config, summary and ledger (pure)."""
     flat = flatten(config)
     method = flat.get("method.name")
-    accs = [r["eval_accuracy"] for r in ledger if r.get("eval_accuracy") is not None]
-    up = sum(int(r.get("uplink_bytes", 0)) for r in ledger)
-    down = sum(int(r.get("downlink_bytes", 0)) for r in ledger)
-    last = ledger[-1] if ledger else {}
+    accs = [r.eval_accuracy for r in ledger if r.eval_accuracy is not None]
+    up = sum(r.uplink_bytes for r in ledger)
+    down = sum(r.downlink_bytes for r in ledger)
+    last = ledger[-1] if ledger else None
     summary = summary or {}
 
     def privacy(key):
-        value = summary.get(key) if summary.get(key) is not None else last.get(key)
+        value = summary.get(key) if summary.get(key) is not None else getattr(last, key, None)
         if key == "epsilon":
             target = flat.get("privacy.target_epsilon")
             if value is None and isinstance(target, float) and math.isinf(target):
@@ -194,7 +175,7 @@ def run_row(config: dict, summary: dict | None, ledger: list[dict]) -> dict:
                 return math.inf
         return _finite(value)
 
-    wall = summary.get("wall_time_s", last.get("wall_time_s"))
+    wall = summary.get("wall_time_s", getattr(last, "wall_time_s", None))
     return {
         "method": method,
         "rank": flat.get("method.rank") if _method_has_rank(method) else None,
@@ -202,7 +183,7 @@ def run_row(config: dict, summary: dict | None, ledger: list[dict]) -> dict:
         "seed": flat.get("seed"),
         "epsilon": privacy("epsilon"),
         "delta": privacy("delta"),
-        "rounds": max((int(r["round"]) for r in ledger), default=0),
+        "rounds": max((r.round for r in ledger), default=0),
         "final_accuracy": accs[-1] if accs else None,
         "best_accuracy": max(accs) if accs else None,
         "uplink_bytes": up,
@@ -215,9 +196,9 @@ def run_row(config: dict, summary: dict | None, ledger: list[dict]) -> dict:
     }
 
 
-def accuracy_curve(ledger: list[dict]) -> dict[int, float]:
+def accuracy_curve(ledger: list[LedgerRow]) -> dict[int, float]:
     """Central test accuracy by round (rounds without an evaluation left out)."""
-    return {int(r["round"]): float(r["eval_accuracy"]) for r in ledger if r.get("eval_accuracy") is not None}
+    return {r.round: float(r.eval_accuracy) for r in ledger if r.eval_accuracy is not None}
 
 
 def _stat(values: list) -> tuple[float | None, float | None, int]:
@@ -417,9 +398,9 @@ def build_report(root: Path | str) -> Report:
     root = Path(root)
     records = discover_runs(root)
     if not records:
-        raise ReportError(f"{root}: no run directories (folders with a config.toml) found")
+        raise ReportError(f"{root}: no run directories (folders with a {RunDir.CONFIG}) found")
     if not any(r.complete for r in records):
-        raise ReportError(f"{root}: {len(records)} run directories, none complete (no summary.json)")
+        raise ReportError(f"{root}: {len(records)} run directories, none complete (no {RunDir.SUMMARY})")
     groups, varying = group_runs(records)
     return Report(root=root, groups=groups, varying=varying, incomplete=[r.name for r in records if not r.complete],
                   records=records)

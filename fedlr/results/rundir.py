@@ -3,12 +3,14 @@
     runs/<name>/
       config.toml      the resolved experiment (every default filled in)
       seeds.json       the experiment seed and how each random stream derives from it
-      ledger.jsonl     one JSON object per round (round 0: init + initial evaluation)
-      summary.json     final figures
+      ledger.jsonl     one JSON object per round (round 0: init + initial evaluation), written and
+                       read by ``fedlr.results.ledger`` only
+      summary.json     final figures (its existence marks the run complete)
       model/           the final adapters as a standard PEFT checkpoint
       checkpoints/     the server's state after the newest rounds (``fedlr run --resume``)
       client-state/    simulated clients' snapshots of their persistent state
       deployment.json  only in a run on Flower's Deployment Engine: its Flower run id and run config
+      traffic.json     only in a deployed run submitted with --wait: Flower's byte counts beside the ledger's
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ import json
 import time
 from pathlib import Path
 
-from fedlr.checkpoint import write_atomic
 from fedlr.config import ConfigError, Experiment, load_experiment, to_toml
+from fedlr.results.ledger import LedgerRow, append_row, read_ledger, write_ledger
 
 SEED_STREAMS = {
     "client sampling": "derive_seed(seed, 'sample', round)",
@@ -33,8 +35,20 @@ SEED_STREAMS = {
 
 
 class RunDir:
-    def __init__(self, path: Path):
-        self.path = path
+    """A run directory; the one place that names the files in it (see the module docstring)."""
+
+    CONFIG = "config.toml"
+    SEEDS = "seeds.json"
+    LEDGER = "ledger.jsonl"
+    SUMMARY = "summary.json"
+    MODEL = "model"
+    CHECKPOINTS = "checkpoints"
+    CLIENT_STATE = "client-state"
+    DEPLOYMENT = "deployment.json"  # written by a deployed run's ServerApp (fedlr.deploy)
+    TRAFFIC = "traffic.json"  # a deployed run's bytes as Flower counted them (fedlr deploy submit)
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
 
     @classmethod
     def create(cls, exp: Experiment, default_name: str) -> "RunDir":
@@ -50,29 +64,46 @@ class RunDir:
         except OSError as e:
             raise ConfigError(f"output.dir: cannot create the run directory {path}: {e.strerror}") from None
         run = cls(path)
-        (path / "config.toml").write_text(to_toml(exp))
-        (path / "seeds.json").write_text(json.dumps({"seed": exp.seed, "streams": SEED_STREAMS}, indent=2) + "\n")
+        run.write_config(exp)
+        run.seeds_path.write_text(json.dumps({"seed": exp.seed, "streams": SEED_STREAMS}, indent=2) + "\n")
         return run
 
     @classmethod
     def existing(cls, path: str | Path) -> "RunDir":
         """A run directory written before (``fedlr run --resume``); ConfigError if it is not one."""
-        path = Path(path)
-        if not (path / "config.toml").is_file():
-            raise ConfigError(f"--resume {path}: not a fedlr run directory (no config.toml)")
-        return cls(path)
+        run = cls(path)
+        if not run.config_path.is_file():
+            raise ConfigError(f"--resume {run.path}: not a fedlr run directory (no {cls.CONFIG})")
+        return run
 
-    def experiment(self) -> Experiment:
-        """The resolved experiment the run was started with."""
-        return load_experiment(self.path / "config.toml")
+    @classmethod
+    def below(cls, root: str | Path) -> list["RunDir"]:
+        """Every run directory (a folder holding a config) at or below ``root``, sorted."""
+        return [cls(p.parent) for p in sorted(Path(root).rglob(cls.CONFIG))]
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / self.CONFIG
+
+    @property
+    def seeds_path(self) -> Path:
+        return self.path / self.SEEDS
 
     @property
     def ledger_path(self) -> Path:
-        return self.path / "ledger.jsonl"
+        return self.path / self.LEDGER
+
+    @property
+    def summary_path(self) -> Path:
+        return self.path / self.SUMMARY
 
     @property
     def deployment_path(self) -> Path:
-        return self.path / "deployment.json"
+        return self.path / self.DEPLOYMENT
+
+    @property
+    def traffic_path(self) -> Path:
+        return self.path / self.TRAFFIC
 
     @property
     def engine(self) -> str:
@@ -81,47 +112,47 @@ class RunDir:
         return "deployment" if self.deployment_path.is_file() else "simulation"
 
     @property
-    def complete(self) -> bool:
-        """The run wrote its summary: nothing is left to resume."""
-        return (self.path / "summary.json").is_file()
+    def model_dir(self) -> Path:
+        return self.path / self.MODEL
 
     @property
     def checkpoint_dir(self) -> Path:
-        return self.path / "checkpoints"
+        return self.path / self.CHECKPOINTS
 
     @property
     def client_state_dir(self) -> Path:
-        return self.path / "client-state"
+        return self.path / self.CLIENT_STATE
 
-    def truncate_ledger(self, last_round: int) -> list[dict]:
-        """Keep the ledger rows of rounds ≤ ``last_round`` (a resume replays the rest) and return
-        them; a line torn by a kill mid-write is dropped. The rewrite is atomic."""
-        rows = []
-        if self.ledger_path.exists():
-            for line in self.ledger_path.read_text().splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if row["round"] <= last_round:
-                    rows.append(row)
-        write_atomic(self.ledger_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
-        return rows
+    def write_config(self, exp: Experiment) -> None:
+        self.config_path.write_text(to_toml(exp))
 
-    def append(self, row: dict) -> None:
-        with self.ledger_path.open("a") as f:
-            f.write(json.dumps(row, sort_keys=True) + "\n")
-
-    def write_summary(self, summary: dict) -> None:
-        (self.path / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    def experiment(self) -> Experiment:
+        """The resolved experiment the run was started with."""
+        return load_experiment(self.config_path)
 
     @property
-    def model_dir(self) -> Path:
-        return self.path / "model"
+    def complete(self) -> bool:
+        """A run is complete once its summary is written (its last act)."""
+        return self.summary_path.is_file()
 
+    def ledger(self) -> list[LedgerRow]:
+        """The ledger's rows (``fedlr.results.ledger.read_ledger``: LedgerError if it is garbled)."""
+        return read_ledger(self.ledger_path)
 
-def read_ledger(path: Path | str) -> list[dict]:
-    path = Path(path)
-    if path.is_dir():
-        path = path / "ledger.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    def append(self, row: LedgerRow) -> None:
+        append_row(self.ledger_path, row)
+
+    def truncate_ledger(self, last_round: int) -> list[LedgerRow]:
+        """Keep the ledger rows of rounds ≤ ``last_round`` (a resume replays the rest) and return
+        them; a line torn by a kill mid-write is dropped. A ledger that cannot be read raises
+        ``LedgerError`` and is left as it is; the rewrite is atomic."""
+        rows = [row for row in self.ledger() if row.round <= last_round]
+        write_ledger(self.ledger_path, rows)
+        return rows
+
+    def summary(self) -> dict | None:
+        """The summary, None before the run completes (``ValueError`` if it is not JSON)."""
+        return json.loads(self.summary_path.read_text()) if self.complete else None
+
+    def write_summary(self, summary: dict) -> None:
+        self.summary_path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")

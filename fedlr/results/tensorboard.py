@@ -14,9 +14,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedlr.errors import ConfigError
+from fedlr.results.ledger import LedgerRow
 
 MIB = 2**20
-SCALARS = {  # ledger key -> (tag, scale)
+SCALARS = {  # LedgerRow field -> (tag, scale)
     "eval_accuracy": ("accuracy/test", 1.0),
     "eval_loss": ("loss/test", 1.0),
     "train_loss": ("loss/train", 1.0),
@@ -35,11 +36,11 @@ class TensorBoardUnavailable(ConfigError):
     """Asked for TensorBoard without the tensorboard package (exit 2 before any work)."""
 
 
-def scalars_of(row: dict) -> dict[str, float]:
+def scalars_of(row: LedgerRow) -> dict[str, float]:
     """The TensorBoard scalars of one ledger row (pure): tag -> value, missing values left out."""
     out = {}
     for key, (tag, scale) in SCALARS.items():
-        value = row.get(key)
+        value = getattr(row, key)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             out[tag] = float(value) * scale
     return out
@@ -67,8 +68,8 @@ class LedgerWriter:
         if config_text:
             self._writer.add_text("config", "```toml\n" + config_text + "\n```", 0)
 
-    def write_row(self, row: dict) -> None:
-        step = int(row["round"])
+    def write_row(self, row: LedgerRow) -> None:
+        step = row.round
         for tag, value in scalars_of(row).items():
             self._writer.add_scalar(tag, value, step)
         self._writer.flush()
@@ -84,8 +85,7 @@ def export_ledgers(records, out: Path | str) -> list[Path]:
     for rec in records:
         if not rec.ledger:
             continue
-        config = (rec.path / "config.toml").read_text() if (rec.path / "config.toml").is_file() else None
-        writer = LedgerWriter(out / rec.name, config)
+        writer = LedgerWriter(out / rec.name, rec.config_text)
         try:
             for row in rec.ledger:
                 writer.write_row(row)

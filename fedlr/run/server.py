@@ -5,7 +5,6 @@ summary and the exported model. With ``resume`` it continues from the newest val
 from __future__ import annotations
 
 import threading
-import time
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
@@ -28,16 +27,14 @@ def run_server(grid: Grid, exp: Experiment, run_dir: RunDir, console: Console, r
                client_state_dir: str | None = None) -> dict:
     """``client_state_dir``: where clients snapshot their state (a simulation's run directory;
     deployed SuperNodes name their own with ``--node-config state-dir=...``)."""
-    started = time.perf_counter()
     bench = get_workbench(exp)
     adapted = bench.adapted
-    rows: list[dict] = []
+    rows: list[LedgerRow] = []
     saved = checkpoint.latest(run_dir.checkpoint_dir) if resume else None
     if resume and saved is None:
         raise RuntimeError(f"{run_dir.checkpoint_dir}: no valid checkpoint to resume from")
 
-    def on_round(report: LedgerRow) -> None:
-        row = report.to_dict()
+    def on_round(row: LedgerRow) -> None:
         rows.append(row)
         run_dir.append(row)
         console.round(row)
@@ -61,24 +58,24 @@ def run_server(grid: Grid, exp: Experiment, run_dir: RunDir, console: Console, r
                             evaluate_fn=strategy.central_evaluation if exp.evaluation.central else None)
     final_state = from_record(result.arrays)
     bench.load(final_state)
-    aggregated = sum(1 for r in rows if r["round"] > 0 and r.get("aggregated"))
+    aggregated = sum(1 for r in rows if r.round > 0 and r.aggregated)
     if exp.output.export_peft and aggregated:  # an untrained model is no result
         export_model(bench, run_dir.model_dir)
     adapted.task.write_samples(bench, run_dir.path)  # a language model's answers to a few held-out prompts
-    accs = [r["eval_accuracy"] for r in rows if r["eval_accuracy"] is not None]
-    losses = [r["eval_loss"] for r in rows if r["eval_loss"] is not None]
+    accs = [r.eval_accuracy for r in rows if r.eval_accuracy is not None]
+    losses = [r.eval_loss for r in rows if r.eval_loss is not None]
     last = rows[-1]
     summary = {
         "method": exp.method.name, "rank": exp.method.rank, "num_rounds": exp.federation.num_rounds,
         "num_clients": exp.federation.num_clients, "clients_per_round": exp.federation.clients_per_round,
         "final_accuracy": accs[-1] if accs else None, "best_accuracy": max(accs) if accs else None,
         **adapted.task.summary(bench, losses[-1] if losses else None), "test_examples": len(bench.data.central_test_rows),
-        "uplink_bytes": last["cumulative_uplink_bytes"], "downlink_bytes": last["cumulative_downlink_bytes"],
-        "total_bytes": last["cumulative_bytes"],
+        "uplink_bytes": last.cumulative_uplink_bytes, "downlink_bytes": last.cumulative_downlink_bytes,
+        "total_bytes": last.cumulative_bytes,
         "trained_params": sum(v.numel() for k, v in final_state.items() if k in adapted.trained_keys),
-        "failed_client_rounds": sum(r["clients_failed"] for r in rows),
-        "rejected_updates": sum(r["clients_rejected"] for r in rows),
-        "wall_time_s": round(time.perf_counter() - started, 3), "run_dir": str(run_dir.path),
+        "failed_client_rounds": sum(r.clients_failed for r in rows),
+        "rejected_updates": sum(r.clients_rejected for r in rows),
+        "wall_time_s": last.wall_time_s, "run_dir": str(run_dir.path),  # the ledger's clock, over every session
         **privacy_summary(exp, bench.privacy, last), "rounds_aggregated": aggregated,
     }
     if not aggregated:
@@ -90,7 +87,7 @@ def run_server(grid: Grid, exp: Experiment, run_dir: RunDir, console: Console, r
     return summary
 
 
-def privacy_summary(exp: Experiment, plan, last_row: dict) -> dict:
+def privacy_summary(exp: Experiment, plan, last_row: LedgerRow) -> dict:
     """The summary's privacy fields: ε (cumulative, from the last ledger row), δ, the accountant,
     the adjacency and sampling the ε assumes, σ, and which mechanisms ran (None without DP)."""
     if plan is None:
@@ -101,11 +98,11 @@ def privacy_summary(exp: Experiment, plan, last_row: dict) -> dict:
         return {"privacy_mode": off, "epsilon": None, "delta": None, "accountant": None, "adjacency": None,
                 "privacy_mechanisms": mechanisms}
     return {
-        "privacy_mode": plan.mode, "epsilon": last_row.get("epsilon"), "delta": plan.delta,
+        "privacy_mode": plan.mode, "epsilon": last_row.epsilon, "delta": plan.delta,
         "accountant": plan.accountant, "adjacency": plan.adjacency, "sampling": plan.sampling,
         "noise_multiplier": plan.noise_multiplier, "noise_calibrated": plan.noise_calibrated,
         "max_grad_norm": plan.max_grad_norm, "epsilon_planned": plan.epsilon,
-        "client_epsilon": last_row.get("client_epsilon"), "privacy_mechanisms": plan.mechanisms,
+        "client_epsilon": last_row.client_epsilon, "privacy_mechanisms": plan.mechanisms,
         "released_beside_epsilon": released_beside_epsilon(exp, plan),
     }
 
