@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
@@ -186,10 +185,10 @@ def cmd_resume(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from fedlr.results.console import configure_logging
+
+    configure_logging()
     args = _parser().parse_args(argv)
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)s fedlr: %(message)s"))
-    logging.getLogger("fedlr").addHandler(handler)
     try:
         if getattr(args, "func", None) is not None:  # sweep, report
             return args.func(args)

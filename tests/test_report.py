@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -299,3 +300,30 @@ def test_non_private_reference_runs_show_epsilon_infinity(study):
     with Image.open(paths["fig_epsilon"]) as img:
         assert img.size == PIXELS
 
+
+@pytest.mark.slow
+def test_a_run_prints_each_warning_once(tmp_path, tiny_path):
+    """A tiny run with a void δ and injected client failures, through the real CLI and Ray: the δ
+    warning and each failed or rejected client are printed once, in fedlr's format, with no
+    date-stamped copy (Opacus's root handler), no Flower echo of the client's exception and no
+    third-party FutureWarning; the summary's wall time is the ledger's."""
+    cmd = [sys.executable, "-m", "fedlr.cli", "run", str(tiny_path), "--set", f'output.dir="{tmp_path}"',
+           "--set", 'output.name="w"', "--set", 'privacy.mode="sample"', "--set", "privacy.noise_multiplier=1.0",
+           "--set", "privacy.delta=0.1", "--set", 'method.init="random"', "--set", "faults.fraction=0.5",
+           "--set", 'faults.kinds=["raise", "garbage"]']
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert out.count("privacy.delta = 0.1 is larger than 1/n") == 1, out
+    assert out.count("WARNING fedlr: privacy.delta") == 1
+    assert not re.search(r"\d\d/\d\d/\d{4} \d\d:\d\d:\d\d:WARNING", out), out
+    assert "FutureWarning" not in out and "An exception was raised when processing a message" not in out, out
+    run = RunDir(tmp_path / "w")
+    ledger = run.ledger()
+    failures = [(row.round, f["partition"], f["kind"]) for row in ledger for f in row.failures]
+    assert failures, "seed 0 with fraction 0.5 injects at least one failure"
+    for rnd, pid, kind in failures:
+        said = (f"round {rnd}: client {pid} failed" if kind != "rejected"
+                else f"round {rnd}: rejected update from partition {pid}")
+        assert out.count(said) == 1, (said, out)
+    assert run.summary()["wall_time_s"] == ledger[-1].wall_time_s

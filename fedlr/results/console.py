@@ -18,9 +18,11 @@ the run's number of rounds: ``Console(total_rounds=...)`` or ``Console.start(exp
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 import time
+import warnings
 
 from fedlr.results.ledger import LedgerRow
 
@@ -31,6 +33,41 @@ COLUMNS = [
 ]
 PROGRESS_COLUMNS = [("eps", 7), ("left", 7), ("ETA", 8)]
 MB = 2**20  # the console's MB are MiB, as everywhere in fedlr's output
+LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"  # fedlr's own: "WARNING fedlr: ..."
+SILENCED_WARNINGS = [  # (category, message regex): noise a user cannot act on
+    # PEFT reads transformers' deprecated `is_gradient_checkpointing` whenever it wraps a model
+    (FutureWarning, r"`is_gradient_checkpointing` is deprecated"),
+]
+
+
+class ClientErrorEcho(logging.Filter):
+    """Drops Flower's simulation-engine records of a client's exception (the Ray backend's "An
+    exception was raised ..." and the engine worker's exception and traceback): the same exception
+    comes back as the client's error reply, which fedlr logs once as ``round r: client k failed
+    (error): ...`` and records in the ledger."""
+
+    ECHOES = (("raybackend.py", "process_message"), ("vce_api.py", "worker"))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(record.pathname.endswith(f) and record.funcName == fn for f, fn in self.ECHOES)
+
+
+def configure_logging() -> None:
+    """Every warning printed once, in one format, on stderr (the command line calls this first).
+
+    fedlr's log records, other libraries' and Python ``warnings`` (routed into logging) all reach
+    one handler on the root logger. Configuring the root before anything else makes Opacus's own
+    ``logging.basicConfig`` (run when it is imported, with a date-stamped format) a no-op, where a
+    second handler on the ``fedlr`` logger used to print each warning twice (and each of Flower's,
+    which has its own handler, once more)."""
+    logging.basicConfig(format=LOG_FORMAT)
+    flower = logging.getLogger("flwr")
+    flower.propagate = False  # Flower prints its records with its own handler
+    if not any(isinstance(f, ClientErrorEcho) for f in flower.filters):
+        flower.addFilter(ClientErrorEcho())
+    logging.captureWarnings(True)
+    for category, message in SILENCED_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
 
 
 def _num(v, fmt: str) -> str:
