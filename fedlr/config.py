@@ -72,6 +72,10 @@ class ModelConfig(_Section):
     layers: list[int] | None = Field(
         None, min_length=1, description="adapters only on these transformer blocks (0 = the first; PEFT's "
         "layers_to_transform); default: every block")
+    prefix_cache_bytes: int = Field(
+        2**30, ge=0, description="bound of the frozen-prefix cache (fedlr.models.frozen_prefix) per worker "
+        "process, in bytes: the hidden states entering the lowest adapted block, kept per example; least recently "
+        "used evicted beyond it; 0 keeps none (recomputed every batch)")
     max_length: int = Field(64, ge=8, le=4096, description="tokens per example")
 
 

@@ -12,6 +12,7 @@ from fedlr.adapters.naming import BASE_KEY, key
 from fedlr.compression.pipeline import compression_ratio, planned_bytes, planned_downlink_bytes
 from fedlr.config import Experiment
 from fedlr.models.adapted import adapter_paths, build_adapted_model
+from fedlr.models.frozen_prefix import prefix_boundary
 from fedlr.privacy.modes import privacy_mode
 from fedlr.sampling import sample_clients
 from fedlr.wire import record_wire_bytes
@@ -35,6 +36,7 @@ def communication_plan(exp: Experiment, num_labels: int, train_sizes: list[int] 
         uplink[rank] = _client_uplink(adapted, comp, fed.num_rounds)
     adapted.use_rank(exp.method.rank, exp.seed)
     params = adapted.parameters_by_name()
+    boundary, cache_reason = prefix_boundary(exp, adapted)
 
     def entries(keys):
         return [(k, params[k].numel()) for k in keys]
@@ -98,6 +100,8 @@ def communication_plan(exp: Experiment, num_labels: int, train_sizes: list[int] 
         "codec": comp.codec,
         "compression_ratio": one.compression_ratio if one else None,
         "dense_uplink_bytes_per_client": one.dense_bytes if one else None,
+        "frozen_prefix_cache": boundary is not None,
+        "frozen_prefix_reason": cache_reason,
         **privacy_entries(exp, train_sizes),
     }
 
@@ -171,6 +175,8 @@ def format_plan(plan: dict) -> str:
                      f"{plan['once_downlink_bytes_per_client']:,} bytes x {plan['distinct_participants']} clients")
     lines.append(f"whole run: up {plan['total_uplink_bytes'] / mib:.2f} MiB, down {plan['total_downlink_bytes'] / mib:.2f} MiB, "
                  f"total {plan['total_bytes'] / mib:.2f} MiB ({plan['total_bytes']:,} bytes)")
+    lines.append(f"frozen-prefix cache: {'on' if plan['frozen_prefix_cache'] else 'off'} "
+                 f"({plan['frozen_prefix_reason']})")
     if plan.get("delta") is not None:
         eps = "inf" if plan["epsilon"] is None else f"{plan['epsilon']:.4g}"
         how = "calibrated to privacy.target_epsilon" if plan["noise_calibrated"] else "from privacy.noise_multiplier"

@@ -458,22 +458,27 @@ def dry_run(sweep: Sweep, check: Callable[[Experiment], int] | None = None) -> l
             "path": str(sweep.run_path(point)), "method": plan.get("method"), "rank": plan.get("rank"),
             "total_uplink_bytes": plan["total_uplink_bytes"], "total_downlink_bytes": plan["total_downlink_bytes"],
             "total_bytes": plan["total_bytes"], "epsilon": plan.get("epsilon"), "delta": plan.get("delta"),
+            "frozen_prefix_cache": plan["frozen_prefix_cache"], "frozen_prefix_reason": plan["frozen_prefix_reason"],
         })
     return rows
 
 
 def format_dry_run(sweep: Sweep, rows: list[dict]) -> str:
     mib = 2**20
-    head = ["#", "status", "run", "method", "rank", "up_MiB", "down_MiB", "total_MiB", "epsilon"]
+    head = ["#", "status", "run", "method", "rank", "up_MiB", "down_MiB", "total_MiB", "epsilon", "prefix_cache"]
     body = [[str(r["run"]), r["status"], r["slug"], str(r["method"]), "-" if r["rank"] is None else str(r["rank"]),
              f"{r['total_uplink_bytes'] / mib:.3f}", f"{r['total_downlink_bytes'] / mib:.3f}",
-             f"{r['total_bytes'] / mib:.3f}", "n/a" if r["epsilon"] is None else f"{r['epsilon']:.3g}"]
+             f"{r['total_bytes'] / mib:.3f}", "n/a" if r["epsilon"] is None else f"{r['epsilon']:.3g}",
+             "on" if r["frozen_prefix_cache"] else "off"]
             for r in rows]
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
     lines = [f"sweep {sweep.name}: {len(rows)} runs ({sweep.spec.mode}) in {sweep.root}; "
              f"{sum(r['status'] == 'complete' for r in rows)} complete"]
     for cells in [head, *body]:
         lines.append("  ".join(c.ljust(w) if i == 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))))
+    for reason in sorted({r["frozen_prefix_reason"] for r in rows if not r["frozen_prefix_cache"]}):
+        runs = ", ".join(str(r["run"]) for r in rows if not r["frozen_prefix_cache"] and r["frozen_prefix_reason"] == reason)
+        lines.append(f"prefix_cache off (runs {runs}): {reason}")
     total = sum(r["total_bytes"] for r in rows if r["status"] != "complete")
     lines.append(f"to run: {sum(r['status'] != 'complete' for r in rows)} runs, {total / mib:.2f} MiB on the wire in all")
     return "\n".join(lines)

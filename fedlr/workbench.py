@@ -17,6 +17,7 @@ from fedlr.data import ClientFile, FederatedData
 from fedlr.fused import fused_local_train
 from fedlr.models import choose_device, load_tokenizer
 from fedlr.models.adapted import AdaptedModel, adapter_paths, build_adapted_model
+from fedlr.models.frozen_prefix import attach_prefix_cache
 from fedlr.adapters.naming import BASE_KEY, key
 from fedlr.privacy.accountant import StepAccountant
 from fedlr.privacy.dp_sgd import DPSGDSettings, dp_local_train
@@ -38,6 +39,7 @@ class Workbench:
         self.data = FederatedData(exp, load_tokenizer(exp.model), own)
         self.adapted: AdaptedModel = build_adapted_model(exp, self.data.num_labels)
         self.adapted.model.to(self.device)
+        self.prefix_cache = attach_prefix_cache(exp, self.adapted)  # None where refused (fedlr plan says why)
         self.build_seconds = time.perf_counter() - started
 
     def load(self, *states: State) -> None:

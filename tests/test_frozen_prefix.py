@@ -1,6 +1,8 @@
 """model.layers (adapters on chosen transformer blocks, PEFT's layers_to_transform) and the
 frozen-prefix cache: the hidden states entering the lowest adapted block, computed once per example."""
 
+import json
+
 import pytest
 import torch
 from peft import PeftModel
@@ -57,6 +59,7 @@ def test_export_with_layers_reloads_with_identical_logits(tmp_path, method):
     with torch.no_grad():
         for p in bench.adapted.trainable_parameters():
             p.add_(torch.randn(p.shape, generator=gen) * 0.1)
+    assert bench.prefix_cache is not None  # the logits below come through the cache
     export_model(bench, tmp_path / "model")
     batch = bench.data.test().batch(list(range(8)))
     inputs = {k: v for k, v in batch.items() if k != "labels"}
@@ -65,3 +68,161 @@ def test_export_with_layers_reloads_with_identical_logits(tmp_path, method):
     assert loaded.peft_config["default"].layers_to_transform == [1]
     assert not any(".layer.0." in n for n, _ in loaded.named_parameters() if "lora" in n or "hada" in n)
     assert torch.allclose(ours, loaded(**inputs).logits, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- the cache
+from fedlr.data.tokens import TokenizedSet  # noqa: E402
+from fedlr.models.blocks import block_stack, modules_before_stack  # noqa: E402
+from fedlr.models.frozen_prefix import FrozenPrefixCache, attach_prefix_cache, prefix_boundary  # noqa: E402
+from fedlr.privacy.dp_sgd import DPSGDSettings, dp_local_train  # noqa: E402
+from fedlr.train import local_train  # noqa: E402
+
+CACHED_METHODS = ["fedit", "ffa_lora", "fed_sb", "fed_svd", "dp_lora", "fedex_lora", "flora", "fedpara"]
+
+
+def examples(n=24, seed=0) -> TokenizedSet:
+    """Random token ids of lengths 5…20 (so batches are padded), two labels."""
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(5, 21, (n,), generator=gen).tolist()
+    ids = [[101] + torch.randint(1000, 30000, (k - 1,), generator=gen).tolist() for k in lengths]
+    return TokenizedSet(ids, torch.randint(0, 2, (n,), generator=gen), 0)
+
+
+def pair(method, **method_extra):
+    """Two identical models with adapters on block 1 of 2 (dropout 0.1 everywhere): the reference
+    runs its prefix in eval mode by a hook, the other carries the cache."""
+    exp = exp_for(method, layers=[1], **method_extra)
+    ref, cached = build_adapted_model(exp, 2), build_adapted_model(exp, 2)
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():  # trained tensors away from their init (B = 0, R = 0 would hide gradients)
+        for a, b in zip(ref.trainable_parameters(), cached.trainable_parameters()):
+            a.add_(torch.randn(a.shape, generator=gen) * 0.1)
+            b.copy_(a)
+    stack_path, stack = block_stack(ref.model)
+    prefix = modules_before_stack(ref.model, stack_path) + list(stack[:1])
+    ref.model.register_forward_pre_hook(lambda m, a: [p.eval() for p in prefix] and None)
+    cache = attach_prefix_cache(exp, cached)
+    assert cache is not None and cache.boundary == 1
+    return exp, ref, cached, cache
+
+
+def close(a, b, atol=1e-5):
+    return torch.allclose(a, b, atol=atol, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method", CACHED_METHODS)
+def test_cached_logits_gradients_and_updates_equal_the_uncached_path(method):
+    exp, ref, cached, cache = pair(method)
+    data = examples()
+    batch = data.batch(list(range(8)))
+    ref.model.eval(), cached.model.eval()
+    want = ref.model(**batch).logits
+    assert close(cached.model(**batch).logits, want) and cache.misses == 1  # computed, stored
+    assert close(cached.model(**batch).logits, want) and cache.hits == 1  # from the store
+    wider = data.batch(list(range(8)), width=24)  # same examples, more padding: still hits
+    assert close(cached.model(**wider).logits, want) and cache.hits == 2
+    for model in (ref.model, cached.model):  # gradients in training mode, dropout on above block 1
+        model.train()
+        torch.manual_seed(11)
+        model.zero_grad()
+        model(**batch).loss.backward()
+    for a, b in zip(ref.trainable_parameters(), cached.trainable_parameters()):
+        assert a.grad is not None and close(a.grad, b.grad)
+    start = ref.trained_state()
+    for adapted in (ref, cached):
+        named = adapted.parameters_by_name()
+        torch.manual_seed(12)
+        local_train(adapted.model, adapted.trainable_parameters(), [named[k] for k in adapted.head_keys], data,
+                    exp.train.model_copy(update={"local_steps": 3, "batch_size": 8}), torch.Generator().manual_seed(1),
+                    torch.device("cpu"))
+    after_ref, after_cached = ref.trained_state(), cached.trained_state()
+    assert any(not torch.equal(after_ref[k], start[k]) for k in start)
+    assert all(close(after_ref[k], after_cached[k]) for k in start)
+
+
+@pytest.mark.parametrize("method", CACHED_METHODS)
+def test_cached_dp_sgd_updates_equal_the_uncached_path(method):
+    exp, ref, cached, cache = pair(method)
+    data = examples()
+    start = ref.trained_state()
+    for adapted in (ref, cached):
+        named = adapted.parameters_by_name()
+        dp = DPSGDSettings(noise_multiplier=0.5, max_grad_norm=0.1, sample_rate=8 / len(data),
+                           per_tensor_clipping=adapted.spec.per_tensor_clipping)
+        torch.manual_seed(12)
+        dp_local_train(adapted.model, adapted.trainable_parameters(), [named[k] for k in adapted.head_keys], data,
+                       exp.train.model_copy(update={"local_steps": 3, "batch_size": 8}), dp,
+                       torch.Generator().manual_seed(1), torch.Generator().manual_seed(2), torch.device("cpu"))
+    after_ref, after_cached = ref.trained_state(), cached.trained_state()
+    assert any(not torch.equal(after_ref[k], start[k]) for k in start)
+    assert all(close(after_ref[k], after_cached[k]) for k in start)
+    assert cache.misses >= 1
+
+
+def test_cache_is_refused_with_the_reason():
+    def reason(method="fedit", layers=None, base=TINY, **extra):
+        exp = exp_for(method, layers=layers, base=base, **extra)
+        boundary, why = prefix_boundary(exp, build_adapted_model(exp, 2 if base is TINY else 0, meta=True))
+        return why if boundary is None else None
+    assert reason("full_ft", layers=None) == "full fine-tuning trains every block"
+    assert reason() == "adapters on block 0 (model.layers without 0 leaves frozen blocks below to cache)"
+    assert reason(layers=[0, 1]).startswith("adapters on block 0")
+    assert reason(layers=[1], base=LLAMA).startswith("causal_lm: generation decodes incrementally")
+    assert reason(layers=[1]) is None
+
+
+def test_trained_embeddings_refuse_the_cache():
+    exp = exp_for(layers=[1])
+    adapted = build_adapted_model(exp, 2, meta=True)
+    adapted.trained_keys.append("bert.embeddings.word_embeddings.weight")
+    assert prefix_boundary(exp, adapted) == (None, "trained embeddings (bert.embeddings.word_embeddings.weight)")
+    adapted.trained_keys[-1] = "bert.encoder.layer.0.output.dense.bias"
+    assert prefix_boundary(exp, adapted) == (None, "bert.encoder.layer.0.output.dense.bias changes below block 1")
+
+
+def test_cache_bound_evicts_least_recently_used():
+    exp = exp_for(layers=[1])
+    adapted = build_adapted_model(exp, 2)
+    data = examples(6)
+    row_bytes = [len(s) * 64 * 4 for s in data.input_ids]  # real tokens × hidden 64 × float32
+    cache = FrozenPrefixCache(adapted.model, 1, max_bytes=row_bytes[1] + row_bytes[2])
+    adapted.model(**data.batch([0, 1, 2]))
+    assert set(cache.store) == {_key(data, 1), _key(data, 2)} and cache.bytes <= cache.max_bytes
+    none = FrozenPrefixCache(build_adapted_model(exp, 2).model, 1, max_bytes=0)
+    assert none.store == {} and none.bytes == 0
+
+
+def _key(data, i):
+    return torch.tensor(data.input_ids[i]).numpy().tobytes()
+
+
+def test_detach_restores_the_model():
+    exp = exp_for(layers=[1])
+    adapted = build_adapted_model(exp, 2)
+    batch = examples().batch(list(range(4)))
+    before = adapted.model(**batch).logits
+    cache = attach_prefix_cache(exp, adapted)
+    cache.detach()
+    adapted.model.eval()
+    assert torch.equal(adapted.model(**batch).logits, before) and cache.misses == 0
+
+
+def test_plan_and_sweep_dry_run_say_whether_the_cache_applies(tmp_path, tiny_path, capsys):
+    from fedlr.cli import main
+
+    assert main(["plan", str(tiny_path), "--json", "--set", "model.layers=[1]"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["frozen_prefix_cache"] is True and plan["frozen_prefix_reason"].startswith("the embeddings and blocks 0-0")
+    assert main(["plan", str(tiny_path), "--json", "--set", "method.name=full_ft"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert (plan["frozen_prefix_cache"], plan["frozen_prefix_reason"]) == (False, "full fine-tuning trains every block")
+    assert main(["plan", str(tiny_path)]) == 0
+    assert "frozen-prefix cache: off (adapters on block 0" in capsys.readouterr().out
+    sweep = tmp_path / "sweep.toml"
+    sweep.write_text(tiny_path.read_text() + '\n[sweep]\nmode = "grid"\n"model.layers" = [[0, 1], [1]]\n')
+    assert main(["sweep", str(sweep), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "prefix_cache" in out.splitlines()[1] and "prefix_cache off (runs 1): adapters on block 0" in out
+    assert main(["sweep", str(sweep), "--dry-run", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["frozen_prefix_cache"] for r in rows] == [False, True]

@@ -1,0 +1,160 @@
+"""The frozen-prefix cache: frozen layers computed once (issue 17.2).
+
+When every adapter sits in a block ≥ L and nothing below block L changes (no full fine-tuning, no
+trained embeddings, no adapter on block 0), the hidden states entering block L,
+
+    h_L(x) = f_{L−1} ∘ … ∘ f_0 ∘ emb(x),
+
+depend on the example x alone. ``FrozenPrefixCache`` keeps h_L per example (keyed by its token
+ids; the real tokens only, so any padding width finds it) in a bounded store
+(``model.prefix_cache_bytes``, least recently used evicted) and runs only blocks ≥ L and the head
+on it: the blocks below pass their input through, and block L receives the cached h_L. A batch
+with any example not in the store computes the prefix for the whole batch once (no gradient).
+
+**Dropout.** Under the cache the prefix (the embeddings and blocks < L) always runs in eval mode,
+in training too: that is what makes h_L a function of x alone. Where the cache is refused the
+model runs as before (the prefix's dropout on in training); with the cache the logits,
+gradients and updates equal the uncached model whose prefix runs in eval mode, to float tolerance
+(tests/test_frozen_prefix.py), with or without DP-SGD (Opacus's per-sample gradients live in the
+trained blocks ≥ L, which run on the cached input exactly as on the computed one).
+
+Positions past an example's real tokens are filled with zeros on a cache hit: keys there are
+masked, so no real position depends on them (BERT's first-token pooling, Llama's last-token
+pooling). The causal-LM task is refused: generation decodes incrementally (a key/value cache,
+positions past the prompt), which a per-example cache of whole prompts does not model.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.nn.utils.rnn import pad_sequence
+
+from fedlr.models.blocks import block_of, block_stack, modules_before_stack
+
+
+def prefix_boundary(exp, adapted) -> tuple[int | None, str]:
+    """(L, why the cache applies) or (None, why it does not), for ``exp`` built as ``adapted``
+    (the meta-device skeleton serves: only names and the adapters' places are read)."""
+    from fedlr.models.adapted import adapter_paths
+
+    if adapted.spec.adapter is None:
+        return None, "full fine-tuning trains every block"
+    if exp.model.task == "causal_lm":
+        return None, ("causal_lm: generation decodes incrementally (a key/value cache, positions past the "
+                      "prompt), which the per-example cache does not model")
+    model = adapted.model
+    stack_path, _ = block_stack(model)
+    blocks = {path: block_of(path, stack_path) for path in adapter_paths(adapted)}
+    outside = [path for path, b in blocks.items() if b is None]
+    if outside:
+        return None, f"adapter outside the transformer blocks: {outside[0]}"
+    lowest = min(blocks.values())
+    if lowest == 0:
+        return None, "adapters on block 0 (model.layers without 0 leaves frozen blocks below to cache)"
+    embeddings = [name for m in modules_before_stack(model, stack_path) for name, _ in _names_in(model, m)]
+    for key in adapted.trained_keys + adapted.once_keys + adapted.broadcast_keys:
+        if key in embeddings:
+            return None, f"trained embeddings ({key})"
+        b = block_of(key, stack_path)
+        if (b is None and key not in adapted.head_keys) or (b is not None and b < lowest):
+            return None, f"{key} changes below block {lowest}"
+    return lowest, (f"the embeddings and blocks 0-{lowest - 1} are frozen: their output is computed once per "
+                    f"example and blocks {lowest}+ run on it")
+
+
+def _names_in(model: nn.Module, module: nn.Module):
+    """The (full name, parameter) pairs of ``module``'s parameters inside ``model``."""
+    prefix = next(path for path, m in model.named_modules() if m is module)
+    return [(f"{prefix}.{name}", p) for name, p in module.named_parameters()]
+
+
+def attach_prefix_cache(exp, adapted) -> FrozenPrefixCache | None:
+    """The cache on ``adapted.model`` where it is valid (``prefix_boundary``), else None."""
+    boundary, _ = prefix_boundary(exp, adapted)
+    if boundary is None:
+        return None
+    return FrozenPrefixCache(adapted.model, boundary, exp.model.prefix_cache_bytes)
+
+
+class FrozenPrefixCache:
+    """Hooks on ``model`` that serve blocks ≥ ``boundary`` from stored h_L (module docstring);
+    ``detach()`` restores the model."""
+
+    def __init__(self, model: nn.Module, boundary: int, max_bytes: int):
+        stack_path, stack = block_stack(model)
+        self.boundary, self.max_bytes = boundary, max_bytes
+        self.lower = list(stack[:boundary])
+        self.prefix = modules_before_stack(model, stack_path) + self.lower  # eval mode under the cache
+        self.store: OrderedDict[bytes, torch.Tensor] = OrderedDict()
+        self.bytes = 0
+        self.hits = self.misses = 0
+        self._keys: list[bytes] = []
+        self._lengths: list[int] = []
+        self._forwards = {blk: blk.forward for blk in self.lower}
+        for blk in self.lower:
+            blk.forward = _pass_through
+        self._handles = [
+            model.register_forward_pre_hook(self._capture, with_kwargs=True),
+            stack[boundary].register_forward_pre_hook(self._substitute, with_kwargs=True),
+        ]
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        for blk in self.lower:
+            del blk.forward
+
+    def _capture(self, module, args, kwargs):
+        """Before the model runs: the batch's example keys; the prefix to eval mode."""
+        for name in ("inputs_embeds", "position_ids", "token_type_ids"):
+            if kwargs.get(name) is not None:
+                raise ValueError(f"the frozen-prefix cache keys an example by its input_ids alone; got {name}")
+        ids = kwargs["input_ids"] if "input_ids" in kwargs else args[0]
+        mask = kwargs.get("attention_mask")
+        ids = ids.cpu()
+        lengths = [ids.shape[1]] * ids.shape[0] if mask is None else mask.sum(dim=1).tolist()
+        if mask is not None and not torch.equal(mask.cpu().bool(), torch.arange(ids.shape[1]) < torch.tensor(lengths)[:, None]):
+            raise ValueError("the frozen-prefix cache needs right-padded batches")
+        self._keys = [ids[i, :n].numpy().tobytes() for i, n in enumerate(lengths)]
+        self._lengths = lengths
+        for m in self.prefix:
+            m.eval()
+
+    def _substitute(self, module, args, kwargs):
+        """Block L's input: the stored h_L of every example, or the prefix computed for the batch."""
+        hidden, rest = args[0], args[1:]
+        rows = [self.store.get(k) for k in self._keys]
+        if any(r is None for r in rows):
+            self.misses += 1
+            with torch.no_grad():
+                for blk in self.lower:
+                    hidden = self._forwards[blk](hidden, *rest, **kwargs)
+            for key, length, row, new in zip(self._keys, self._lengths, rows, hidden):
+                if row is None:
+                    self._put(key, new[:length].clone())
+        else:
+            self.hits += 1
+            for key in self._keys:
+                self.store.move_to_end(key)
+            stacked = pad_sequence(rows, batch_first=True)
+            hidden = F.pad(stacked, (0, 0, 0, hidden.shape[1] - stacked.shape[1]))
+        return (hidden, *rest), kwargs
+
+    def _put(self, key: bytes, value: torch.Tensor) -> None:
+        size = value.numel() * value.element_size()
+        if size > self.max_bytes or key in self.store:  # too large, or a duplicate in this batch
+            return
+        self.store[key] = value
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            _, old = self.store.popitem(last=False)
+            self.bytes -= old.numel() * old.element_size()
+
+
+def _pass_through(hidden_states, *args, **kwargs):
+    """A block below L under the cache: its output is block L's (substituted) input."""
+    return hidden_states
