@@ -226,3 +226,18 @@ def test_plan_and_sweep_dry_run_say_whether_the_cache_applies(tmp_path, tiny_pat
     assert main(["sweep", str(sweep), "--dry-run", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["frozen_prefix_cache"] for r in rows] == [False, True]
+
+
+def test_benchmark_quick_runs_and_ends_with_the_readable_line():
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "frozen_prefix.py"
+    done = subprocess.run([sys.executable, str(script), "--quick"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.strip().splitlines()
+    assert re.fullmatch(r"speed-up train \d+\.\d\d, eval \d+\.\d\d", lines[-1])
+    assert [line.split()[0] for line in lines[-4:-1]] == ["plain", "dp-sgd", "eval"]
+    assert "wrote" not in done.stderr  # --quick records nothing
