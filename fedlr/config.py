@@ -440,6 +440,9 @@ class Experiment(_Section):
             if self.data.partitioner == "dirichlet":
                 raise ValueError("data.partitioner: 'dirichlet' splits by label and instruction data has none; "
                                  "use 'natural' (data.partition_by) or 'iid'")
+            if self.data.client_files:
+                raise ValueError(f"data.dataset: '{CLIENT_FILES}' reads labelled text files; model.task = 'causal_lm' "
+                                 "trains on instruction data the run loads itself ('chatterbot' or a file)")
         elif instructions:
             raise ValueError("data.dataset: 'chatterbot' is instruction data; set model.task = 'causal_lm'")
         return self

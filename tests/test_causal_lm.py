@@ -237,6 +237,9 @@ def test_instruction_data_is_refused_where_it_does_not_fit(tmp_path):
     with pytest.raises(ConfigError, match="dirichlet"):
         experiment_from_dict({"model": {"task": "causal_lm"}, "data": {"dataset": "chatterbot",
                                                                        "partitioner": "dirichlet"}})
+    with pytest.raises(ConfigError, match="client-files"):
+        experiment_from_dict({"model": {"task": "causal_lm"}, "data": {"dataset": "client-files",
+                                                                       "labels": ["a", "b"]}})
     jsonl = tmp_path / "qa.jsonl"
     jsonl.write_text(json.dumps({"q": "Hi?", "a": "Hello."}) + "\n")
     from fedlr.data.instructions import load_instructions
