@@ -241,3 +241,25 @@ def test_benchmark_quick_runs_and_ends_with_the_readable_line():
     assert re.fullmatch(r"speed-up train \d+\.\d\d, eval \d+\.\d\d", lines[-1])
     assert [line.split()[0] for line in lines[-4:-1]] == ["plain", "dp-sgd", "eval"]
     assert "wrote" not in done.stderr  # --quick records nothing
+
+
+@pytest.mark.parametrize("method", ["fedit", "fed_sb"])
+def test_fused_clients_through_the_cache_equal_fused_clients_without_it(method):
+    """federation.fused_clients calls the model like local_train: the cache serves it as well."""
+    from fedlr.fused import fused_local_train
+
+    exp, ref, cached, cache = pair(method, **({"init": "random"} if method == "fed_sb" else {}))
+    sets = [examples(12, seed=s) for s in range(3)]
+    gen = torch.Generator().manual_seed(4)
+    start = ref.trained_state()
+    states = [{k: v + 0.05 * torch.randn(v.shape, generator=gen) for k, v in start.items()} for _ in sets]
+    cfg = exp.train.model_copy(update={"local_steps": 3, "batch_size": 4})
+    out = []
+    for adapted in (ref, cached):
+        torch.manual_seed(12)  # dropout above block 1 draws alike
+        out.append(fused_local_train(adapted, states, sets, cfg, [torch.Generator().manual_seed(k) for k in range(3)],
+                                     torch.device("cpu"))[0])
+    for want, got, state in zip(*out, states):
+        assert any(not torch.equal(want[k], state[k]) for k in state)
+        assert all(close(want[k], got[k]) for k in state)
+    assert cache.misses >= 1
