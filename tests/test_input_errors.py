@@ -34,6 +34,24 @@ def test_a_model_family_without_a_sequence_classifier_is_one_line(tmp_path, tiny
     assert "is a 'vit' model, which has no sequence-classification class" in err
 
 
+def test_an_unknown_model_type_is_one_short_line_with_close_matches(tmp_path, tiny_path, capsys):
+    """transformers' own error listed every model type it knows on one line of thousands of characters."""
+    (tmp_path / "bertt.json").write_text(json.dumps({"model_type": "bertt", "hidden_size": 8}))
+    err = run_fails_with(tmp_path, tiny_path, capsys, f'model.name_or_path="{tmp_path / "bertt.json"}"')
+    assert "is a 'bertt' model, which has no sequence-classification class in transformers" in err
+    assert "close: bert," in err and len(err) < 400, err
+
+
+def test_an_unknown_causal_lm_type_names_the_task_and_close_matches():
+    from fedlr.config import ConfigError, ModelConfig
+    from fedlr.models import check_model_type
+    from fedlr.tasks import get_task
+
+    with pytest.raises(ConfigError, match=r"'gtp2' model, which has no causal-LM class .*\(close: [^)]*gpt2"):
+        check_model_type(ModelConfig(name_or_path="/models/x", task="causal_lm"), "gtp2", get_task("causal_lm"))
+    check_model_type(ModelConfig(task="causal_lm"), "llama", get_task("causal_lm"))  # a known type passes
+
+
 def test_an_output_directory_that_cannot_be_created_is_one_line(tmp_path, tiny_path, capsys):
     (tmp_path / "a-file").write_text("not a folder")
     assert main(["run", str(tiny_path), "--set", f'output.dir="{tmp_path / "a-file" / "runs"}"']) == 2

@@ -6,6 +6,7 @@ server and clients agree; the config's pad id is the tokenizer's."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -72,32 +73,46 @@ def load_model_config(cfg: ModelConfig, num_labels: int):
     kind, where = _source(cfg)
     if kind == "tiny":
         return tiny_config(cfg.name_or_path, num_labels)
+    task = get_task(cfg.task)
     try:
         if kind == "config":
-            import json
-
             d = json.loads(Path(where).read_text())
             model_type = d.pop("model_type", None)
             if model_type is None:
                 raise ConfigError(f"model.name_or_path: {where} has no 'model_type'")
+            check_model_type(cfg, model_type, task)  # before transformers lists every type it knows
             conf = AutoConfig.for_model(model_type, **d)
         else:
+            if kind == "dir" and (Path(where) / "config.json").is_file():
+                check_model_type(cfg, json.loads((Path(where) / "config.json").read_text()).get("model_type"), task)
             conf = AutoConfig.from_pretrained(where)
     except ConfigError:
         raise
     except Exception as e:
         raise ConfigError(f"model.name_or_path: cannot load a model config from {cfg.name_or_path!r}: {e}") from None
-    task = get_task(cfg.task)
-    if conf.model_type not in task.architectures:
-        kind_of = "sequence-classification" if task.name == "classification" else "causal-LM"
-        raise ConfigError(f"model.name_or_path: {cfg.name_or_path!r} is a {conf.model_type!r} model, which has no "
-                          f"{kind_of} class in transformers; use a text model such as BERT, RoBERTa, "
-                          "GPT-2 or Llama" + (" (causal LM: GPT-2, Llama)" if task.name == "causal_lm" else ""))
+    check_model_type(cfg, conf.model_type, task)
     if num_labels:  # a classifier's (a language model has no labels)
         conf.num_labels = num_labels
     if getattr(conf, "pad_token_id", None) is None and hasattr(conf, "eos_token_id"):
         conf.pad_token_id = conf.eos_token_id if isinstance(conf.eos_token_id, int) else 0
     return conf
+
+
+def check_model_type(cfg: ModelConfig, model_type: str | None, task) -> None:
+    """ConfigError unless this transformers has a class of ``task`` for ``model_type`` (None:
+    not declared, left to transformers): one line naming the type and a few close matches."""
+    if model_type is None or model_type in task.architectures:
+        return
+    import difflib
+
+    import transformers
+
+    kind_of = "sequence-classification" if task.name == "classification" else "causal-LM"
+    close = difflib.get_close_matches(str(model_type), list(task.architectures), n=3)
+    hint = f" (close: {', '.join(close)})" if close else ""
+    raise ConfigError(f"model.name_or_path: {cfg.name_or_path!r} is a {model_type!r} model, which has no "
+                      f"{kind_of} class in transformers {transformers.__version__}{hint}; use a text model such as "
+                      + ("GPT-2 or Llama" if task.name == "causal_lm" else "BERT, RoBERTa, GPT-2 or Llama"))
 
 
 def model_skeleton(cfg: ModelConfig, num_labels: int) -> nn.Module:
