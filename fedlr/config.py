@@ -330,6 +330,14 @@ class EvaluationConfig(_Section):
     batch_size: int = Field(64, gt=0)
     central: bool = True
     client_side: bool = Field(True, description="sampled clients evaluate the received model on local val data")
+    every: int = Field(1, ge=1, description="evaluate (central and client-side) every k-th round; always round 0 "
+                       "and the last round")
+
+    def due(self, server_round: int, num_rounds: int) -> bool:
+        """Whether round ``server_round`` of ``num_rounds`` is evaluated: round 0 (the initial
+        model, centrally), every ``every``-th round and the last one, so a run's final figure is
+        always its trained model's."""
+        return server_round % self.every == 0 or server_round == num_rounds
 
 
 class OutputConfig(_Section):

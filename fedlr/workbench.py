@@ -70,7 +70,7 @@ class Workbench:
         exp = self.exp
         data = self.train_data(partition_id)
         global_state = self.receive(exp.method.client_rank(partition_id), server_round, global_state, once_state)
-        metrics = self.client_val_metrics(partition_id)
+        metrics = self.client_val_metrics(partition_id, server_round)
         torch.manual_seed(derive_seed(exp.seed, "dropout", server_round, partition_id))
         gen = noise_generator(exp.privacy.noise_source, exp.seed, "batches", server_round, partition_id)
         params = self.adapted.trainable_parameters()
@@ -109,7 +109,7 @@ class Workbench:
         datasets = {pid: self.train_data(pid) for pid in partition_ids}
         global_state = self.receive(exp.method.rank, server_round, global_state, once_state)
         start = self.adapted.trained_state()
-        metrics = {pid: self.client_val_metrics(pid) for pid in partition_ids}
+        metrics = {pid: self.client_val_metrics(pid, server_round) for pid in partition_ids}
         groups: dict[int, list[int]] = {}
         for pid in partition_ids:
             groups.setdefault(min(exp.train.batch_size, len(datasets[pid])), []).append(pid)
@@ -139,9 +139,11 @@ class Workbench:
         self.load(once_state, global_state)
         return global_state
 
-    def client_val_metrics(self, partition_id: int) -> dict[str, float]:
-        """The loaded model on the client's validation split (``evaluation.client_side``)."""
-        if not self.exp.evaluation.client_side:
+    def client_val_metrics(self, partition_id: int, server_round: int) -> dict[str, float]:
+        """The loaded model on the client's validation split (``evaluation.client_side``, in the
+        rounds ``evaluation.every`` schedules)."""
+        evaluation = self.exp.evaluation
+        if not evaluation.client_side or not evaluation.due(server_round, self.exp.federation.num_rounds):
             return {}
         ev = self.adapted.task.evaluate(self.adapted.model, self.data.client_val(partition_id),
                                         self.exp.evaluation.batch_size, self.device)

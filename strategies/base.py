@@ -264,8 +264,9 @@ class FedLRStrategy(FedAvg):
         model), then rounds 1..``num_rounds`` (after a resume: the rounds after the restored one).
         ``initial_arrays``: the global state to start from (ignored on resume); ``timeout`` and the
         configs are Flower's and unused: fedlr's timeouts and client settings are the experiment's.
-        ``evaluate_fn(round, arrays)`` (the whole model, as ``model_arrays``) may return "loss" and
-        "accuracy", which the ledger records as the central evaluation."""
+        ``evaluate_fn(round, arrays)`` (the whole model, as ``model_arrays``), called in the rounds
+        ``evaluation.every`` schedules, may return "loss" and "accuracy", which the ledger records
+        as the central evaluation (a round not evaluated has None there)."""
         started = time.perf_counter()
         if num_rounds != self.exp.federation.num_rounds:
             raise ValueError(f"num_rounds = {num_rounds}, but the experiment the clients receive (and the privacy "
@@ -286,7 +287,8 @@ class FedLRStrategy(FedAvg):
                 if metrics is not None:
                     result.train_metrics_clientapp[server_round] = metrics
             self.record_privacy(server, row)
-            if evaluate_fn is not None and (evaluated := evaluate_fn(server_round, self.model_arrays())) is not None:
+            if (evaluate_fn is not None and self.exp.evaluation.due(server_round, num_rounds)
+                    and (evaluated := evaluate_fn(server_round, self.model_arrays())) is not None):
                 result.evaluate_metrics_serverapp[server_round] = evaluated
                 row.eval_loss, row.eval_accuracy = evaluated.get("loss"), evaluated.get("accuracy")
             server.totals[0] += row.uplink_bytes
