@@ -117,10 +117,10 @@ def test_cached_logits_gradients_and_updates_equal_the_uncached_path(method):
     batch = data.batch(list(range(8)))
     ref.model.eval(), cached.model.eval()
     want = ref.model(**batch).logits
-    assert close(cached.model(**batch).logits, want) and cache.misses == 1  # computed, stored
-    assert close(cached.model(**batch).logits, want) and cache.hits == 1  # from the store
+    assert close(cached.model(**batch).logits, want) and (cache.misses, cache.hits) == (8, 0)  # computed, stored
+    assert close(cached.model(**batch).logits, want) and (cache.misses, cache.hits) == (8, 8)  # from the store
     wider = data.batch(list(range(8)), width=24)  # same examples, more padding: still hits
-    assert close(cached.model(**wider).logits, want) and cache.hits == 2
+    assert close(cached.model(**wider).logits, want) and cache.hits == 16
     for model in (ref.model, cached.model):  # gradients in training mode, dropout on above block 1
         model.train()
         torch.manual_seed(11)
@@ -205,6 +205,17 @@ def test_detach_restores_the_model():
     cache.detach()
     adapted.model.eval()
     assert torch.equal(adapted.model(**batch).logits, before) and cache.misses == 0
+
+
+def test_cached_results_do_not_depend_on_what_the_worker_saw_before():
+    exp = exp_for(layers=[1])
+    data = examples()
+    fresh, seasoned = build_adapted_model(exp, 2), build_adapted_model(exp, 2)
+    a, b = attach_prefix_cache(exp, fresh), attach_prefix_cache(exp, seasoned)
+    seasoned.model(**data.batch(list(range(4, 16))))  # examples 4-7 stored from another batch, another width
+    batch = data.batch(list(range(8)))
+    assert torch.equal(fresh.model(**batch).logits, seasoned.model(**batch).logits)
+    assert (a.misses, b.hits) == (8, 4)
 
 
 def test_plan_and_sweep_dry_run_say_whether_the_cache_applies(tmp_path, tiny_path, capsys):

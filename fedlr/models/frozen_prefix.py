@@ -92,8 +92,10 @@ class FrozenPrefixCache:
         self.store: OrderedDict[bytes, torch.Tensor] = OrderedDict()
         self.bytes = 0
         self.hits = self.misses = 0
+        self.model = model
+        self._ids: list[torch.Tensor] = []
         self._keys: list[bytes] = []
-        self._lengths: list[int] = []
+        self._computing = False
         self._forwards = {blk: blk.forward for blk in self.lower}
         for blk in self.lower:
             blk.forward = _pass_through
@@ -110,6 +112,8 @@ class FrozenPrefixCache:
 
     def _capture(self, module, args, kwargs):
         """Before the model runs: the batch's example keys; the prefix to eval mode."""
+        if self._computing:
+            return
         for name in ("inputs_embeds", "position_ids", "token_type_ids"):
             if kwargs.get(name) is not None:
                 raise ValueError(f"the frozen-prefix cache keys an example by its input_ids alone; got {name}")
@@ -119,30 +123,46 @@ class FrozenPrefixCache:
         lengths = [ids.shape[1]] * ids.shape[0] if mask is None else mask.sum(dim=1).tolist()
         if mask is not None and not torch.equal(mask.cpu().bool(), torch.arange(ids.shape[1]) < torch.tensor(lengths)[:, None]):
             raise ValueError("the frozen-prefix cache needs right-padded batches")
-        self._keys = [ids[i, :n].numpy().tobytes() for i, n in enumerate(lengths)]
-        self._lengths = lengths
+        self._ids = [ids[i, :n] for i, n in enumerate(lengths)]
+        self._keys = [row.numpy().tobytes() for row in self._ids]
         for m in self.prefix:
             m.eval()
 
     def _substitute(self, module, args, kwargs):
-        """Block L's input: the stored h_L of every example, or the prefix computed for the batch."""
+        """Block L's input: every example's stored h_L, computed first where missing; positions
+        past an example's tokens are zeros."""
         hidden, rest = args[0], args[1:]
-        rows = [self.store.get(k) for k in self._keys]
-        if any(r is None for r in rows):
-            self.misses += 1
+        if self._computing:  # inside ``_compute``: the prefix of one example, then stop
             with torch.no_grad():
                 for blk in self.lower:
                     hidden = self._forwards[blk](hidden, *rest, **kwargs)
-            for key, length, row, new in zip(self._keys, self._lengths, rows, hidden):
-                if row is None:
-                    self._put(key, new[:length].clone())
-        else:
-            self.hits += 1
-            for key in self._keys:
+            raise _Computed(hidden[0])
+        rows = []
+        for ids, key in zip(self._ids, self._keys):
+            row = self.store.get(key)
+            if row is None:
+                self.misses += 1
+                row = self._compute(ids, hidden.device)
+                self._put(key, row)
+            else:
+                self.hits += 1
                 self.store.move_to_end(key)
-            stacked = pad_sequence(rows, batch_first=True)
-            hidden = F.pad(stacked, (0, 0, 0, hidden.shape[1] - stacked.shape[1]))
-        return (hidden, *rest), kwargs
+            rows.append(row)
+        stacked = pad_sequence(rows, batch_first=True)
+        return (F.pad(stacked, (0, 0, 0, hidden.shape[1] - stacked.shape[1])), *rest), kwargs
+
+    def _compute(self, ids: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """h_L of one example, alone and unpadded: a function of its tokens only, whichever batch
+        first met it (so a run gives the same numbers whatever its workers saw before)."""
+        self._computing = True
+        try:
+            with torch.no_grad():
+                self.model(input_ids=ids[None].to(device), attention_mask=torch.ones_like(ids[None]).to(device))
+        except _Computed as done:
+            return done.hidden
+        finally:
+            self._computing = False
+        raise RuntimeError("the frozen-prefix cache did not reach block L")
 
     def _put(self, key: bytes, value: torch.Tensor) -> None:
         size = value.numel() * value.element_size()
@@ -153,6 +173,12 @@ class FrozenPrefixCache:
         while self.bytes > self.max_bytes:
             _, old = self.store.popitem(last=False)
             self.bytes -= old.numel() * old.element_size()
+
+
+class _Computed(Exception):  # noqa: N818 - a result, not an error: ends ``_compute``'s forward at block L
+    def __init__(self, hidden: torch.Tensor):
+        super().__init__()
+        self.hidden = hidden
 
 
 def _pass_through(hidden_states, *args, **kwargs):
