@@ -9,10 +9,13 @@
     seed = [0, 1]                       # seeds give the error bars of ``fedlr report``
 
 Every point gets its own run directory ``<output.dir>/<sweep name>/<slug>``, the slug naming the
-swept values (``method-fedit__seed-1``). A run is complete when its ``summary.json`` exists; a
-sweep started again skips complete runs, resumes an interrupted run from its newest checkpoint
-(``fedlr run --resume``) and re-runs from scratch one that has none (its directory removed
-first). Everything that can be checked before training is checked before the first run: each key must be a config field, each list non-empty, zip lists of one
+swept values (``method-fedit__seed-1``). A run is complete when its ``summary.json`` exists and
+has no ``error``; one whose summary has an ``error`` (no round aggregated: nothing trained) has
+failed. A sweep started again skips complete runs, resumes an interrupted run from its newest
+checkpoint (``fedlr run --resume``) and re-runs from scratch one that has none, and a failed one
+(its directory removed first): a failed run is never counted complete, and running it again gives
+a failure that came from the machine (replies that missed ``round_timeout_s`` under load) another
+chance, while one that comes from the config fails, and is reported, again. Everything that can be checked before training is checked before the first run: each key must be a config field, each list non-empty, zip lists of one
 length, and every expanded point a valid experiment (``ConfigError``, exit code 2).
 
 The expansion is pure (``expand``, ``slug_for``); ``execute_sweep`` is thin glue around a
@@ -86,11 +89,20 @@ class Sweep:
         return self.root / point.slug
 
     def status(self, point: SweepPoint) -> str:
-        """'complete' (summary.json exists), 'partial' (a directory without one) or 'pending'."""
+        """'complete' (summary.json without an ``error``), 'failed' (a summary with one, or one
+        that does not parse), 'partial' (a directory without one) or 'pending'."""
         run = RunDir(self.run_path(point))
         if run.complete:
-            return "complete"
+            return "failed" if run_error(run) is not None else "complete"
         return "partial" if run.path.exists() else "pending"
+
+
+def run_error(run: RunDir) -> str | None:
+    """Why a run that wrote its summary failed (its ``error``: no round aggregated), else None."""
+    try:
+        return (run.summary() or {}).get("error")
+    except (OSError, ValueError) as e:
+        return f"{run.summary_path}: unreadable ({e})"
 
 
 def parse_sweep_table(table: Any) -> SweepSpec:
@@ -357,9 +369,10 @@ def execute_sweep(sweep: Sweep, run_one: RunOne, console: Console | None = None,
     (default ``fedlr.preflight.preflight``) validates every pending point. A ``partial`` directory
     (an interrupted run) resumes from its newest valid checkpoint when it has one for the same
     experiment (``run_one(exp, run_dir, resume=True)``); otherwise it is removed and the run starts
-    over. A run counts as complete only if
-    ``run_one`` leaves a ``summary.json``. ``KeyboardInterrupt`` stops the sweep after a note on
-    how to resume; another exception stops it too, unless ``keep_going``.
+    over; a ``failed`` one (its summary has an ``error``) is removed and runs again. A run counts
+    as complete only if ``run_one`` leaves a ``summary.json`` without an ``error``; otherwise it
+    is FAILED. ``KeyboardInterrupt`` stops the sweep after a note on how to resume; a failure
+    stops it too, unless ``keep_going``.
     """
     console = console or Console()
     if check is None:
@@ -380,9 +393,13 @@ def execute_sweep(sweep: Sweep, run_one: RunOne, console: Console | None = None,
     started = clock()
     for done, point in enumerate(pending):
         path = sweep.run_path(point)
-        resume = path.exists() and resumable(path, point.experiment)
+        failed_before = run_error(RunDir(path)) if sweep.status(point) == "failed" else None
+        resume = failed_before is None and path.exists() and resumable(path, point.experiment)
         if resume:
             console.print(f"sweep {sweep.name}: resuming {path} from its newest checkpoint")
+        elif failed_before is not None:
+            console.print(f"sweep {sweep.name}: removing {path} (it failed: {failed_before}) and running it again")
+            shutil.rmtree(path)
         elif path.exists():
             console.print(f"sweep {sweep.name}: removing {path} (left by an interrupted run) and running it again")
             shutil.rmtree(path)
@@ -400,6 +417,8 @@ def execute_sweep(sweep: Sweep, run_one: RunOne, console: Console | None = None,
                 run_one(point.experiment, run_dir)
             if not RunDir(path).complete:
                 raise RuntimeError(f"the run finished without writing {RunDir(path).summary_path}")
+            if (error := run_error(RunDir(path))) is not None:
+                raise RuntimeError(error)
         except KeyboardInterrupt:
             console.print(f"sweep {sweep.name}: interrupted during {point.slug}; "
                           f"{len(result.skipped) + len(result.ran)} of {total} runs complete. "

@@ -332,6 +332,40 @@ def test_failed_run_stops_the_sweep_or_is_skipped_with_keep_going(tmp_path):
     assert "without writing" in result.failed[0][1]
 
 
+def test_a_run_in_which_no_round_aggregated_fails_the_sweep_and_runs_again(tmp_path, monkeypatch, capsys):
+    """Issue 20.7: a run whose summary says no round aggregated (``fedlr.run.server`` writes
+    ``rounds_aggregated: 0`` and an ``error``) is FAILED, not complete: the sweep exits 1, with
+    --keep-going the others still run, and the next sweep runs it again instead of skipping it."""
+    path = write_toml(tmp_path / "s.toml", tiny_data(tmp_path, {"seed": [0, 1, 2]}))
+    calls = []
+
+    def untrained_seed_1(exp, run_dir, resume=False):  # returns, as a runner that does not raise would
+        calls.append(exp.seed)
+        summary = FakeSimulation()(exp, run_dir)
+        if exp.seed == 1:
+            summary = {**summary, "rounds_aggregated": 0, "error": "no round aggregated: in all 2 rounds ..."}
+            run_dir.write_summary(summary)
+        return summary
+
+    monkeypatch.setattr("fedlr.sweep.simulate_runner", lambda console, tensorboard=False: untrained_seed_1)
+    assert main(["sweep", str(path), "--keep-going"]) == 1
+    out = capsys.readouterr().out
+    assert "[sweep 2/3] FAILED seed-1: RuntimeError: no round aggregated: in all 2 rounds" in out
+    assert "1 failed" in out and calls == [0, 1, 2]
+    sweep = load_sweep(path)
+    assert [sweep.status(p) for p in sweep.points] == ["complete", "failed", "complete"]
+
+    assert main(["sweep", str(path), "--keep-going"]) == 1  # run again, and failed again
+    out = capsys.readouterr().out
+    assert f"removing {sweep.root / 'seed-1'} (it failed: no round aggregated" in out
+    assert "0 ran, 2 were complete, 1 failed" in out and calls == [0, 1, 2, 1]
+
+    with pytest.raises(RuntimeError, match="no round aggregated"):  # without --keep-going it stops the sweep
+        execute_sweep(build_sweep(tiny_data(tmp_path / "b", {"seed": [1, 2]}), "b"), untrained_seed_1,
+                      console=Console(quiet=True), check=lambda exp: 2)
+    assert calls[-1] == 1
+
+
 def test_preflight_of_every_pending_run_happens_before_the_first(tmp_path):
     sweep = build_sweep(tiny_data(tmp_path, {"method.rank": [2, 4]}), "s")
     checked = []
