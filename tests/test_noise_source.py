@@ -74,3 +74,24 @@ def test_secure_dp_sgd_draws_its_poisson_batches_from_the_secure_source(tiny_pat
 
     assert torch.equal(noise_generator("seeded", 0, "batches", 1, 0).get_state(),
                        torch_generator(0, "batches", 1, 0).get_state())
+
+
+@pytest.mark.parametrize("source", ["seeded", "secure"])
+def test_seeds_json_says_how_batches_and_noise_are_drawn_for_the_runs_noise_source(tmp_path, tiny_path, source):
+    """seeds.json said the batch order derives from the seed, also where the secure source draws it."""
+    import json
+
+    from fedlr.results import RunDir
+
+    run = RunDir.create(load_experiment(tiny_path, [f'output.dir="{tmp_path}"', f'privacy.noise_source="{source}"']),
+                        "seeds")
+    seeds = json.loads(run.seeds_path.read_text())
+    assert seeds["seed"] == 0 and seeds["noise_source"] == source
+    streams = seeds["streams"]
+    if source == "seeded":
+        assert streams["batch order"] == "derive_seed(seed, 'batches', round, partition_id)"
+        assert "derive_seed(seed, 'dp-noise'" in streams["DP noise"]
+    else:
+        for name in ("batch order", "DP noise"):
+            assert "derive_seed" not in streams[name] and "not derived from the seed" in streams[name]
+    assert streams["client sampling"] == "derive_seed(seed, 'sample', round)"  # the seed's, under either source

@@ -29,9 +29,22 @@ SEED_STREAMS = {
     "local val split": "derive_seed(seed, 'local-split', partition_id)",
     "classification head init": "derive_seed(seed, 'head', module)",
     "adapter init": "derive_seed(seed, 'adapter', layer_path)",
-    "batch order": "derive_seed(seed, 'batches', round, partition_id)",
     "dropout": "derive_seed(seed, 'dropout', round, partition_id)",
 }
+# Drawn by fedlr.privacy.noise.noise_generator: as written under privacy.noise_source = "seeded";
+# from the operating system's secure source under "secure", where the seed says nothing about them
+NOISE_SOURCE_STREAMS = {
+    "batch order": "derive_seed(seed, 'batches', round, partition_id)",
+    "DP noise": "derive_seed(seed, 'dp-noise' or 'client-noise', round, partition_id); derive_seed(seed, "
+                "'server-noise', round)",
+}
+SECURE_DRAW = "secrets.randbits(63) for every draw (privacy.noise_source = 'secure'): not derived from the seed"
+
+
+def seed_streams(noise_source: str) -> dict[str, str]:
+    """How each random stream of a run with this ``privacy.noise_source`` is seeded (seeds.json)."""
+    drawn = {name: recipe if noise_source == "seeded" else SECURE_DRAW for name, recipe in NOISE_SOURCE_STREAMS.items()}
+    return {**SEED_STREAMS, **drawn}
 
 
 class RunDir:
@@ -65,7 +78,8 @@ class RunDir:
             raise ConfigError(f"output.dir: cannot create the run directory {path}: {e.strerror}") from None
         run = cls(path)
         run.write_config(exp)
-        run.seeds_path.write_text(json.dumps({"seed": exp.seed, "streams": SEED_STREAMS}, indent=2) + "\n")
+        run.seeds_path.write_text(json.dumps({"seed": exp.seed, "noise_source": exp.privacy.noise_source,
+                                              "streams": seed_streams(exp.privacy.noise_source)}, indent=2) + "\n")
         return run
 
     @classmethod
