@@ -223,7 +223,7 @@ def test_plan_and_sweep_dry_run_say_whether_the_cache_applies(tmp_path, tiny_pat
 
     assert main(["plan", str(tiny_path), "--json", "--set", "model.layers=[1]"]) == 0
     plan = json.loads(capsys.readouterr().out)
-    assert plan["frozen_prefix_cache"] is True and plan["frozen_prefix_reason"].startswith("the embeddings and blocks 0-0")
+    assert plan["frozen_prefix_cache"] is True and plan["frozen_prefix_reason"].startswith("the embeddings and block 0 are frozen")
     assert main(["plan", str(tiny_path), "--json", "--set", "method.name=full_ft"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert (plan["frozen_prefix_cache"], plan["frozen_prefix_reason"]) == (False, "full fine-tuning trains every block")

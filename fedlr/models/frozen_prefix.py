@@ -62,8 +62,9 @@ def prefix_boundary(exp, adapted) -> tuple[int | None, str]:
         b = block_of(key, stack_path)
         if (b is None and key not in adapted.head_keys) or (b is not None and b < lowest):
             return None, f"{key} changes below block {lowest}"
-    return lowest, (f"the embeddings and blocks 0-{lowest - 1} are frozen: their output is computed once per "
-                    f"example and blocks {lowest}+ run on it")
+    below = "block 0" if lowest == 1 else f"blocks 0-{lowest - 1}"
+    return lowest, (f"the embeddings and {below} are frozen: their output is computed once per example and "
+                    f"blocks {lowest}+ run on it")
 
 
 def _names_in(model: nn.Module, module: nn.Module):
