@@ -5,18 +5,19 @@
     [sweep]
     mode = "grid"                       # default; "zip" pairs the lists position by position
     name = "methods"                    # optional; default: the TOML file's stem
-    "method.name" = ["fedit", "fed_sb"] # a dotted config field and the list of its values
+    "method.rank" = [4, 8]              # a dotted config field and the list of its values
     seed = [0, 1]                       # seeds give the error bars of ``fedlr report``
 
 Every point gets its own run directory ``<output.dir>/<sweep name>/<slug>``, the slug naming the
-swept values (``method-fedit__seed-1``). A run is complete when its ``summary.json`` exists and
+swept values (``rank-4__seed-1``). A run is complete when its ``summary.json`` exists and
 has no ``error``; one whose summary has an ``error`` (no round aggregated: nothing trained) has
 failed. A sweep started again skips complete runs, resumes an interrupted run from its newest
 checkpoint (``fedlr run --resume``) and re-runs from scratch one that has none, and a failed one
 (its directory removed first): a failed run is never counted complete, and running it again gives
 a failure that came from the machine (replies that missed ``round_timeout_s`` under load) another
-chance, while one that comes from the config fails, and is reported, again. Everything that can be checked before training is checked before the first run: each key must be a config field, each list non-empty, zip lists of one
-length, and every expanded point a valid experiment (``ConfigError``, exit code 2).
+chance, while one that comes from the config fails, and is reported, again. Everything that can
+be checked before training is checked before the first run: each key must be a config field, each
+list non-empty, zip lists of one length, and every expanded point a valid experiment (``ConfigError``, exit code 2).
 
 The expansion is pure (``expand``, ``slug_for``); ``execute_sweep`` is thin glue around a
 pluggable ``run_one(exp, run_dir)`` whose default is the real simulation.
