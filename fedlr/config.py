@@ -290,8 +290,9 @@ class PrivacyConfig(_Section):
     - ``client_local``: the same clipping, the noise added by each client before upload.
 
     Exactly one of ``noise_multiplier`` and ``target_epsilon`` sets the noise; a target ε is
-    calibrated once for the whole planned run (``fedlr.privacy.planning``). ``target_epsilon =
-    inf`` means ε = ∞: the run trains without clipping or noise (the non-private column of a study).
+    calibrated once for the whole planned run (``fedlr.privacy.planning``): for the worst case, or
+    per client (``calibration = 'per_client'``). ``target_epsilon = inf`` means ε = ∞: the run
+    trains without clipping or noise (the non-private column of a study).
     """
 
     mode: Literal[tuple(MODES)] = "none"
@@ -301,6 +302,10 @@ class PrivacyConfig(_Section):
     target_epsilon: float | None = Field(
         None, gt=0, allow_inf_nan=True,
         description="ε the whole planned run may spend; σ is calibrated to it (inf: no DP)")
+    calibration: Literal["worst_case", "per_client"] = Field(
+        "worst_case", description="with target_epsilon: one sigma for every client, from the worst case (the "
+        "client with the largest q in every round), or each client's own sigma_k from its q_k and the rounds the "
+        "seeded schedule gives it, so that every client ends within 1% under the target (sample, client_local)")
     max_grad_norm: float = Field(
         1.0, gt=0,
         description="clipping bound: C per example (sample) or S per client update (client modes)")

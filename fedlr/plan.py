@@ -146,8 +146,20 @@ def privacy_entries(exp: Experiment, train_sizes: list[int] | None) -> dict:
         "epsilon_seeded_schedule": finite_or_none(plan.epsilon_seeded_schedule), "adjacency": plan.adjacency,
         "sampling": plan.sampling, "privacy_mechanisms": plan.mechanisms,
         "privacy_steps_per_round": plan.steps_per_round, "max_sample_rate": max(plan.sample_rates, default=None),
-        "privacy_warnings": plan.warnings,
+        "privacy_warnings": plan.warnings, **per_client_entries(plan),
     }
+
+
+def per_client_entries(plan) -> dict:
+    """Under ``privacy.calibration = 'per_client'``: each client's σ_k, its rounds R_k and the ε_k
+    it ends at, by partition id (nothing under the default worst-case calibration)."""
+    if plan.calibration != "per_client":
+        return {}
+    from fedlr.privacy.planning import finite_or_none
+
+    return {"calibration": plan.calibration, "client_noise_multipliers": plan.client_noise_multipliers,
+            "client_rounds": plan.client_rounds,
+            "client_epsilon_planned": [finite_or_none(e) for e in plan.client_epsilon]}
 
 
 def format_plan(plan: dict) -> str:
@@ -180,10 +192,16 @@ def format_plan(plan: dict) -> str:
     if plan.get("delta") is not None:
         eps = "inf" if plan["epsilon"] is None else f"{plan['epsilon']:.4g}"
         how = "calibrated to privacy.target_epsilon" if plan["noise_calibrated"] else "from privacy.noise_multiplier"
+        sigma = "largest noise multiplier" if plan.get("calibration") == "per_client" else "noise multiplier"
         lines.append(f"privacy ({plan['privacy_mode']}): epsilon {eps} at delta {plan['delta']:g} ({plan['accountant']} "
-                     f"accountant), noise multiplier {plan['noise_multiplier']:.4g} {how}")
+                     f"accountant), {sigma} {plan['noise_multiplier']:.4g} {how}")
         lines.append(f"  adjacency: {plan['adjacency']}; sampling: {plan['sampling']}")
-        if plan["epsilon_seeded_schedule"] is not None and plan["epsilon_seeded_schedule"] != plan["epsilon"]:
+        if plan.get("calibration") == "per_client":
+            lines.append("  per-client calibration (the seeded schedule): each client's noise multiplier, rounds, epsilon:")
+            lines += [f"    client {pid}: " + ("no rounds" if sigma is None else f"{sigma:.4g}, {r}, {eps:.4g}")
+                      for pid, (sigma, r, eps) in enumerate(zip(plan["client_noise_multipliers"], plan["client_rounds"],
+                                                                plan["client_epsilon_planned"]))]
+        elif plan["epsilon_seeded_schedule"] is not None and plan["epsilon_seeded_schedule"] != plan["epsilon"]:
             lines.append(f"  epsilon is the worst case (a client in every round); under this seed's client schedule: "
                          f"{plan['epsilon_seeded_schedule']:.4g}")
     else:

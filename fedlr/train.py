@@ -9,6 +9,7 @@ from torch import nn
 
 from fedlr.config import TrainConfig
 from fedlr.data.tokens import TokenizedSet
+from fedlr.metrics import ClassificationMetrics
 
 
 @dataclass
@@ -23,6 +24,7 @@ class EvalResult:
     loss: float
     accuracy: float
     num_examples: int
+    metrics: ClassificationMetrics | None = None  # from the same logits (fedlr.metrics); None without examples
 
 
 def make_optimizer(params: list[nn.Parameter], head_params: list[nn.Parameter], cfg: TrainConfig):

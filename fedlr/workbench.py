@@ -77,8 +77,13 @@ class Workbench:
         named = self.adapted.parameters_by_name()
         head = [named[k] for k in self.adapted.head_keys]
         plan, mode = self.privacy, self.privacy_mode
+        if mode.client_accountant:
+            if accountant is None:
+                raise ValueError(f"privacy.mode {mode.name!r} needs the client's accountant")
+            if (refusal := plan.round_refusal(partition_id, accountant.steps)) is not None:
+                raise ValueError(refusal)
         if mode.dp_sgd:
-            dp = DPSGDSettings(plan.noise_multiplier, plan.max_grad_norm, plan.sample_rates[partition_id],
+            dp = DPSGDSettings(plan.client_noise(partition_id), plan.max_grad_norm, plan.sample_rates[partition_id],
                                exp.privacy.grad_sample_mode, per_tensor_clipping=self.adapted.spec.per_tensor_clipping,
                                secure_mode=exp.privacy.noise_source == "secure")
             noise = noise_generator(exp.privacy.noise_source, exp.seed, "dp-noise", server_round, partition_id,
@@ -89,8 +94,6 @@ class Workbench:
             res = local_train(self.adapted.model, params, head, data, exp.train, gen, self.device)
         update = self.released(self.adapted.trained_state(), global_state, partition_id, server_round)
         if mode.client_accountant:
-            if accountant is None:
-                raise ValueError(f"privacy.mode {mode.name!r} needs the client's accountant")
             accountant.step(*mode.client_step(plan, partition_id, res.steps))
             metrics["epsilon"] = accountant.epsilon(plan.delta)
         metrics.update({"train_loss": res.loss, "steps": res.steps, "num-examples": res.num_examples})

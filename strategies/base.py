@@ -36,6 +36,7 @@ from flwr.serverapp.strategy import FedAvg, Result
 from fedlr.compression.pipeline import decode_update, planned_bytes
 from fedlr.config import Experiment
 from fedlr.methods import MethodSpec, fed_sb, get_method
+from fedlr.metrics import EVAL_METRICS, metric_values
 from fedlr.privacy.modes import PrivacyMode, privacy_mode
 from fedlr.privacy.planning import PrivacyPlan
 from fedlr.results.ledger import LedgerRow
@@ -113,7 +114,7 @@ class FedLRStrategy(FedAvg):
     def central_evaluation(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
         """An ``evaluate_fn`` for ``start``: the whole model on the central test split."""
         res = self.workbench.central_eval(from_record(arrays), {})
-        return MetricRecord({"loss": res.loss, "accuracy": res.accuracy})
+        return MetricRecord({"loss": res.loss, "accuracy": res.accuracy, **metric_values(res.metrics)})
 
     def fresh_state(self, state: State | None = None) -> ServerState:
         """A run's server state before round 0, holding the global ``state``."""
@@ -291,6 +292,8 @@ class FedLRStrategy(FedAvg):
                     and (evaluated := evaluate_fn(server_round, self.model_arrays())) is not None):
                 result.evaluate_metrics_serverapp[server_round] = evaluated
                 row.eval_loss, row.eval_accuracy = evaluated.get("loss"), evaluated.get("accuracy")
+                for name in EVAL_METRICS:  # balanced accuracy, macro-F1, ROC AUC, per-class counts (fedlr.metrics)
+                    setattr(row, f"eval_{name}", evaluated.get(name))
             server.totals[0] += row.uplink_bytes
             server.totals[1] += row.downlink_bytes
             row.cumulative_uplink_bytes, row.cumulative_downlink_bytes = server.totals

@@ -48,6 +48,9 @@ class PrivacyMode:
     combines_updates: ClassVar[bool] = False  # the method aggregates one combined update, not each client's
     # why several clients cannot be trained in one fused call (``federation.fused_clients``), or None
     fused_refusal: ClassVar[str | None] = None
+    # why ``privacy.calibration = 'per_client'`` cannot apply, or None (the mode accounts each client)
+    per_client_refusal: ClassVar[str | None] = ("it has no per-client accountant: its epsilon is the federation's, "
+                                                "set by one noise multiplier")
 
     def settings_problem(self, privacy: "PrivacyConfig") -> str | None:
         """What is wrong with the ``[privacy]`` section under this mode, or None."""
@@ -56,7 +59,7 @@ class PrivacyMode:
             which = "both" if given else "neither"
             return (f"privacy.mode {self.name!r} needs exactly one of privacy.noise_multiplier and "
                     f"privacy.target_epsilon ({which} given)")
-        return None
+        return calibration_problem(self, privacy)
 
     # ------------------------------------------------------------------ client
     def release(self, update: State, plan: "PrivacyPlan", noise_source: str, seed: int, server_round: int,
@@ -66,6 +69,12 @@ class PrivacyMode:
 
     def client_step(self, plan: "PrivacyPlan", partition_id: int, steps: int) -> tuple[float, float, int]:
         """The accountant entry (σ_eff, q, steps) of one client round that took ``steps`` steps."""
+        raise ValueError(f"privacy.mode {self.name!r} has no per-client accountant")
+
+    def client_history(self, exp: "Experiment", num_examples: int, noise_multiplier: float,
+                       rounds: int) -> list[tuple[float, float, int]]:
+        """The accountant history [(σ_eff, q, steps)] of a client with ``num_examples`` training
+        examples after ``rounds`` rounds at ``noise_multiplier``."""
         raise ValueError(f"privacy.mode {self.name!r} has no per-client accountant")
 
     # ------------------------------------------------------------------ server
@@ -125,6 +134,8 @@ class NoPrivacy(PrivacyMode):
 
     def settings_problem(self, privacy: "PrivacyConfig") -> str | None:
         given = [k for k in ("noise_multiplier", "target_epsilon") if getattr(privacy, k) is not None]
+        if privacy.calibration != "worst_case":
+            given.append("calibration")
         if given:
             return (f"privacy.{given[0]} is set but privacy.mode is 'none'; "
                     "choose privacy.mode 'sample', 'client_central' or 'client_local'")
@@ -143,9 +154,13 @@ class SampleLevel(PrivacyMode):
     client_accountant = True
     fused_refusal = ("privacy.mode 'sample' keeps an accountant in each client and draws its noise per client "
                      "(Opacus per-sample gradients are not fused)")
+    per_client_refusal = None
 
     def client_step(self, plan, partition_id, steps):
-        return plan.noise_multiplier, plan.sample_rates[partition_id], steps
+        return plan.client_noise(partition_id), plan.sample_rates[partition_id], steps
+
+    def client_history(self, exp, num_examples, noise_multiplier, rounds):
+        return [(noise_multiplier, sample_rate(exp.train.batch_size, num_examples), rounds * exp.train.local_steps)]
 
     def epsilon(self, exp, train_sizes, noise_multiplier, rounds_per_client, coarse=False):
         kind = "rdp" if coarse else exp.privacy.accountant
@@ -183,6 +198,8 @@ class ClientCentral(PrivacyMode):
     mechanism = ("update clipped to S on the client (and again at the server); Gaussian noise z*S on the sum "
                  "at the server; uniform mean over the fixed cohort size m")
     combines_updates = True
+    per_client_refusal = ("its noise is drawn once, at the server, on the sum of the cohort's updates, so every "
+                          "client's guarantee is the federation's, set by one noise multiplier")
 
     def settings_problem(self, privacy):
         if privacy.accountant == "prv":
@@ -230,13 +247,17 @@ class ClientLocal(PrivacyMode):
     combines_updates = True
     fused_refusal = ("privacy.mode 'client_local' keeps an accountant in each client and draws its noise per client "
                      "(Opacus per-sample gradients are not fused)")
+    per_client_refusal = None
 
     def release(self, update, plan, noise_source, seed, server_round, partition_id):
         gen = noise_generator(noise_source, seed, "client-noise", server_round, partition_id)
-        return add_local_noise(update, plan.max_grad_norm, plan.noise_multiplier, gen)
+        return add_local_noise(update, plan.max_grad_norm, plan.client_noise(partition_id), gen)
 
     def client_step(self, plan, partition_id, steps):
-        return plan.noise_multiplier / REPLACE_ONE_SENSITIVITY, 1.0, 1
+        return plan.client_noise(partition_id) / REPLACE_ONE_SENSITIVITY, 1.0, 1
+
+    def client_history(self, exp, num_examples, noise_multiplier, rounds):
+        return [(noise_multiplier / REPLACE_ONE_SENSITIVITY, 1.0, rounds)]
 
     def combine(self, updates, weights, plan, cohort_size, noise_source, seed, server_round):
         """(1/K) Σ_k Δ_k: the noise is in the updates; uniform weights, as DP-FedAvg."""
@@ -250,6 +271,21 @@ class ClientLocal(PrivacyMode):
 
 MODES: dict[str, PrivacyMode] = {m.name: m for m in (NoPrivacy(), SampleLevel(), ClientCentral(), ClientLocal())}
 NONE = MODES[NoPrivacy.name]
+
+
+def calibration_problem(mode: PrivacyMode, privacy: "PrivacyConfig") -> str | None:
+    """What is wrong with ``privacy.calibration`` under ``mode``, or None."""
+    if privacy.calibration == "worst_case":
+        return None
+    if mode.per_client_refusal is not None:
+        return (f"privacy.calibration 'per_client' cannot apply to privacy.mode {mode.name!r}: "
+                f"{mode.per_client_refusal}; use privacy.calibration = 'worst_case' (or privacy.mode 'sample' or "
+                "'client_local')")
+    if privacy.target_epsilon is None:
+        return ("privacy.calibration 'per_client' calibrates each client's noise multiplier to "
+                "privacy.target_epsilon; with privacy.noise_multiplier every client uses that one; set "
+                "privacy.target_epsilon instead")
+    return None
 
 
 def configured_mode(privacy: "PrivacyConfig") -> PrivacyMode:

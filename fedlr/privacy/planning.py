@@ -9,6 +9,14 @@ the ε the seeded client schedule (``fedlr.sampling``) will actually reach. Guar
 example (add/remove one example of one client); records are partitioned across clients, so the
 federation's figure is max_k ε_k (parallel composition, reference/privacy.md §0).
 
+Per client (``privacy.calibration = 'per_client'``; ``sample`` and ``client_local``): client k's
+σ_k is calibrated to the target for its own accountant history — q_k and the R_k rounds the
+seeded schedule samples it in — so every client ends within ``rtol`` under the target instead of
+the smaller clients' budgets going unspent. σ_k depends only on the seed, the config and the
+dataset sizes (public, as above), never on data; each ε_k is computed for the mechanism client k
+runs, and the federation's figure is still max_k ε_k. A client refuses a round past its R_k
+(``PrivacyPlan.round_refusal``): σ_k covers no more.
+
 Client-level: each update clipped to S, noise z·S.
 - ``client_central``: noise at the server on the sum; m of N clients sampled uniformly without
   replacement per round → ``fedlr.privacy.federation_accountant`` (replace one client, RDP).
@@ -22,9 +30,11 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 from fedlr.config import Experiment
 from fedlr.methods import get_method
+from fedlr.privacy.accountant import COARSE_ORDERS, epsilon_of_history
 from fedlr.privacy.calibration import calibrate_noise
 from fedlr.privacy.federation_accountant import FederationAccountant
 from fedlr.privacy.modes import configured_mode
@@ -38,7 +48,8 @@ class PrivacyPlan:
     noise_multiplier: float
     noise_calibrated: bool  # True when σ came from privacy.target_epsilon
     max_grad_norm: float
-    epsilon: float  # worst case over the planned run (every client in every round)
+    # worst_case: every client in every round; per_client: the seeded schedule (a client refuses more rounds)
+    epsilon: float
     epsilon_seeded_schedule: float  # max over clients under the seeded client sampling
     adjacency: str
     sampling: str
@@ -48,9 +59,37 @@ class PrivacyPlan:
     sample_rates: list[float] = field(default_factory=list)  # q_k per partition (sample mode; 0 = no data)
     smallest_client: int | None = None
     warnings: list[str] = field(default_factory=list)
+    calibration: str = "worst_case"
+    # per_client only, by partition id: σ_k (None: no data, or never sampled), the rounds R_k the seed
+    # samples client k in, and ε_k after them
+    client_noise_multipliers: list[float | None] | None = None
+    client_rounds: list[int] | None = None
+    client_epsilon: list[float] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def client_noise(self, partition_id: int) -> float:
+        """σ of client ``partition_id``'s mechanism: its own under per-client calibration."""
+        if self.client_noise_multipliers is None:
+            return self.noise_multiplier
+        sigma = self.client_noise_multipliers[partition_id]
+        if sigma is None:
+            raise ValueError(f"client {partition_id} has no noise multiplier: per-client calibration gives one only "
+                             "to a client with training examples that the seeded schedule samples")
+        return sigma
+
+    def round_refusal(self, partition_id: int, steps_so_far: int) -> str | None:
+        """Why client ``partition_id``, whose accountant holds ``steps_so_far`` steps, must not take
+        another round, or None: under per-client calibration σ_k covers R_k rounds and no more."""
+        if self.client_rounds is None:
+            return None
+        planned = self.client_rounds[partition_id]
+        if steps_so_far + self.steps_per_round > planned * self.steps_per_round:
+            return (f"client {partition_id} has taken the {planned} round(s) its noise multiplier was calibrated for "
+                    f"(privacy.calibration 'per_client', the seeded schedule); another round would spend more than "
+                    f"privacy.target_epsilon")
+        return None
 
     def federation_accountant(self, num_clients: int, clients_per_round: int) -> FederationAccountant:
         return FederationAccountant(self.noise_multiplier, num_clients, clients_per_round)
@@ -73,38 +112,90 @@ def plan_privacy(exp: Experiment, train_sizes: list[int]) -> PrivacyPlan | None:
     if not any(n > 0 for n in train_sizes):
         raise ValueError("no client has training examples")
     every_round = [fed.num_rounds] * fed.num_clients
-    if priv.noise_multiplier is not None:
-        sigma, calibrated = priv.noise_multiplier, False
-    else:
-        # a cheap conservative pass (RDP at integer orders), then a few exact evaluations around it
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "optimal order is the smallest alpha": expected of a coarse pass
-            guess = calibrate_noise(lambda s: epsilon_for(exp, train_sizes, s, every_round, coarse=True),
-                                    priv.target_epsilon, rtol=1e-2)
-        step = 1.1 if priv.accountant == "prv" else 1.03  # PRV's σ sits 5–10% under RDP's
-        sigma = calibrate_noise(lambda s: epsilon_for(exp, train_sizes, s, every_round), priv.target_epsilon,
-                                initial=guess, factor=step)
-        calibrated = True
-    schedule = [0] * fed.num_clients
-    for rnd in range(1, fed.num_rounds + 1):
-        for pid in sample_clients(exp.seed, rnd, fed.num_clients, fed.clients_per_round):
-            schedule[pid] += 1
     mode = configured_mode(priv)
-    schedule = mode.releases_per_client(schedule, fed.num_rounds)
+    schedule = mode.releases_per_client(seeded_schedule(exp), fed.num_rounds)
+    per_client, sigma = {}, None
+    if priv.calibration == "per_client":
+        sigmas = calibrate_per_client(exp, train_sizes, schedule)
+        client_eps = [0.0 if s is None else epsilon_of_client(exp, n, s, r)
+                      for n, s, r in zip(train_sizes, sigmas, schedule)]
+        per_client = dict(client_noise_multipliers=sigmas, client_rounds=schedule, client_epsilon=client_eps)
+        sigma = max((s for s in sigmas if s is not None), default=None)  # the noisiest client's
+    calibrated = priv.noise_multiplier is None
+    if not calibrated:
+        sigma = priv.noise_multiplier
+    elif sigma is None:
+        sigma = calibrate(exp, lambda s, coarse=False: epsilon_for(exp, train_sizes, s, every_round, coarse))
     mechanisms = [mode.mechanism]
     if (method_mechanism := get_method(exp.method.name).privacy_mechanisms.get(mode.name)) is not None:
         mechanisms.append(method_mechanism)
     nonempty = [n for n in train_sizes if n > 0]
+    if per_client:
+        epsilon = seeded = max(per_client["client_epsilon"])
+    else:
+        epsilon = epsilon_for(exp, train_sizes, sigma, every_round)
+        seeded = epsilon_for(exp, train_sizes, sigma, schedule) if any(schedule) else 0.0
     return PrivacyPlan(
         mode=priv.mode, accountant=priv.accountant, delta=priv.delta, noise_multiplier=sigma,
         noise_calibrated=calibrated, max_grad_norm=priv.max_grad_norm,
-        epsilon=epsilon_for(exp, train_sizes, sigma, every_round),
-        epsilon_seeded_schedule=epsilon_for(exp, train_sizes, sigma, schedule) if any(schedule) else 0.0,
+        epsilon=epsilon, epsilon_seeded_schedule=seeded,
         adjacency=mode.adjacency, sampling=mode.sampling, mechanisms=mechanisms,
         num_rounds=fed.num_rounds, steps_per_round=mode.steps_per_round(exp),
         sample_rates=mode.sample_rates(exp, train_sizes),
         smallest_client=min(nonempty), warnings=privacy_warnings(exp, train_sizes),
+        calibration=priv.calibration, **per_client,
     )
+
+
+def seeded_schedule(exp: Experiment) -> list[int]:
+    """R_k: the rounds the seeded client sampling (``fedlr.sampling``) puts each client in."""
+    fed = exp.federation
+    schedule = [0] * fed.num_clients
+    for rnd in range(1, fed.num_rounds + 1):
+        for pid in sample_clients(exp.seed, rnd, fed.num_clients, fed.clients_per_round):
+            schedule[pid] += 1
+    return schedule
+
+
+def calibrate(exp: Experiment, epsilon_of: Callable[..., float]) -> float:
+    """The σ with ε(σ) within ``calibrate_noise``'s rtol under ``privacy.target_epsilon``:
+    a cheap conservative pass (``epsilon_of(σ, coarse=True)``: RDP at integer orders) for the
+    bracket, then a few exact evaluations around it."""
+    priv = exp.privacy
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "optimal order is the smallest alpha": expected of a coarse pass
+        guess = calibrate_noise(lambda s: epsilon_of(s, coarse=True), priv.target_epsilon, rtol=1e-2)
+    step = 1.1 if priv.accountant == "prv" else 1.03  # PRV's σ sits 5–10% under RDP's
+    return calibrate_noise(epsilon_of, priv.target_epsilon, initial=guess, factor=step)
+
+
+def epsilon_of_client(exp: Experiment, num_examples: int, noise_multiplier: float, rounds: int,
+                      coarse: bool = False) -> float:
+    """ε of one client with ``num_examples`` training examples after ``rounds`` rounds at σ."""
+    history = configured_mode(exp.privacy).client_history(exp, num_examples, noise_multiplier, rounds)
+    return epsilon_of_history(history, exp.privacy.delta, "rdp" if coarse else exp.privacy.accountant,
+                              COARSE_ORDERS if coarse else None)
+
+
+def calibrate_per_client(exp: Experiment, train_sizes: list[int], rounds: list[int]) -> list[float | None]:
+    """σ_k for each client: calibrated to the target for its own history (n_k, R_k), once per
+    distinct history; None for a client without data or without a round."""
+    from fedlr.privacy.calibration import CalibrationError
+
+    found: dict[tuple, float] = {}
+    sigmas: list[float | None] = []
+    for pid, (n, r) in enumerate(zip(train_sizes, rounds)):
+        if n == 0 or r == 0:
+            sigmas.append(None)
+            continue
+        key = tuple(configured_mode(exp.privacy).client_history(exp, n, 1.0, r))  # σ enters as a scale only
+        if key not in found:
+            try:
+                found[key] = calibrate(exp, lambda s, coarse=False: epsilon_of_client(exp, n, s, r, coarse))
+            except CalibrationError as e:
+                raise CalibrationError(f"client {pid} ({n} training examples, {r} rounds): {e}") from None
+        sigmas.append(found[key])
+    return sigmas
 
 
 def check_privacy(exp: Experiment, train_sizes: list[int]) -> PrivacyPlan | None:

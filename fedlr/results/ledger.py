@@ -35,6 +35,12 @@ class LedgerRow:
     client_val_accuracy: float | None = None
     eval_loss: float | None = None
     eval_accuracy: float | None = None
+    # central evaluation's other metrics (fedlr.metrics), from the same logits; per-class counts by class id
+    eval_balanced_accuracy: float | None = None
+    eval_macro_f1: float | None = None
+    eval_roc_auc: float | None = None  # None also where no class has both positive and negative test examples
+    eval_class_support: list[int] | None = None
+    eval_class_predicted: list[int] | None = None
     uplink_bytes: int = 0
     downlink_bytes: int = 0
     cumulative_uplink_bytes: int = 0

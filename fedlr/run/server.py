@@ -13,6 +13,8 @@ from fedlr import checkpoint
 from fedlr.adapters.export import export_model
 from fedlr.config import Experiment
 from fedlr.methods import get_method
+from fedlr.metrics import EVAL_METRICS
+from fedlr.plan import per_client_entries
 from fedlr.privacy.modes import configured_mode, privacy_mode
 from fedlr.privacy.disclosure import released_beside_epsilon
 from fedlr.results import RunDir
@@ -70,6 +72,7 @@ def run_server(grid: Grid, exp: Experiment, run_dir: RunDir, console: Console, r
         "num_clients": exp.federation.num_clients, "clients_per_round": exp.federation.clients_per_round,
         "final_accuracy": accs[-1] if accs else None, "best_accuracy": max(accs) if accs else None,
         **adapted.task.summary(bench, losses[-1] if losses else None), "test_examples": len(bench.data.central_test_rows),
+        **final_metrics(rows),
         "uplink_bytes": last.cumulative_uplink_bytes, "downlink_bytes": last.cumulative_downlink_bytes,
         "total_bytes": last.cumulative_bytes,
         "trained_params": sum(v.numel() for k, v in final_state.items() if k in adapted.trained_keys),
@@ -85,6 +88,13 @@ def run_server(grid: Grid, exp: Experiment, run_dir: RunDir, console: Console, r
     run_dir.write_summary(summary)
     console.summary(summary)
     return summary
+
+
+def final_metrics(rows: list[LedgerRow]) -> dict:
+    """The summary's ``final_<metric>`` of the last evaluated round; none without a central
+    evaluation that measures them (a classification task's, ``fedlr.metrics``)."""
+    evaluated = [r for r in rows if r.eval_class_support is not None]
+    return {f"final_{name}": getattr(evaluated[-1], f"eval_{name}") for name in EVAL_METRICS} if evaluated else {}
 
 
 def privacy_summary(exp: Experiment, plan, last_row: LedgerRow) -> dict:
@@ -104,6 +114,7 @@ def privacy_summary(exp: Experiment, plan, last_row: LedgerRow) -> dict:
         "max_grad_norm": plan.max_grad_norm, "epsilon_planned": plan.epsilon,
         "client_epsilon": last_row.client_epsilon, "privacy_mechanisms": plan.mechanisms,
         "released_beside_epsilon": released_beside_epsilon(exp, plan),
+        **per_client_entries(plan),
     }
 
 

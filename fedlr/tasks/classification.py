@@ -10,6 +10,7 @@ from transformers import AutoModelForSequenceClassification
 from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
 
 from fedlr.data.tokens import TokenizedSet, tokenize
+from fedlr.metrics import classification_metrics
 from fedlr.train import EvalResult
 
 
@@ -42,18 +43,21 @@ class Classification:
     @staticmethod
     @torch.no_grad()
     def evaluate(model: nn.Module, data: TokenizedSet, batch_size: int, device: torch.device) -> EvalResult:
-        """Mean cross-entropy and accuracy (argmax = label) over ``data``."""
+        """Mean cross-entropy, accuracy (argmax = label) and the other metrics of ``fedlr.metrics``
+        (balanced accuracy, macro-F1, ROC AUC, per-class counts) from the same logits over ``data``."""
         model.eval()
         if len(data) == 0:
             return EvalResult(float("nan"), float("nan"), 0)
-        total_loss, correct = 0.0, 0
+        total_loss, logits, labels = 0.0, [], []
         for start in range(0, len(data), batch_size):
             idx = list(range(start, min(start + batch_size, len(data))))
             batch = {k: v.to(device) for k, v in data.batch(idx).items()}
             out = model(**batch)
             total_loss += out.loss.item() * len(idx)
-            correct += (out.logits.argmax(-1) == batch["labels"]).sum().item()
-        return EvalResult(total_loss / len(data), correct / len(data), len(data))
+            logits.append(out.logits.detach().float().cpu())
+            labels.append(batch["labels"].cpu())
+        metrics = classification_metrics(torch.cat(labels).numpy(), torch.cat(logits).numpy())
+        return EvalResult(total_loss / len(data), metrics.accuracy, len(data), metrics)
 
     @staticmethod
     def summary(bench, final_loss: float | None) -> dict:
