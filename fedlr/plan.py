@@ -159,7 +159,7 @@ def per_client_entries(plan) -> dict:
 
     return {"calibration": plan.calibration, "client_noise_multipliers": plan.client_noise_multipliers,
             "client_rounds": plan.client_rounds,
-            "client_epsilon_planned": [finite_or_none(e) for e in plan.client_epsilon]}
+            "client_epsilon_planned": [finite_or_none(e) for e in plan.client_epsilon_planned]}
 
 
 def format_plan(plan: dict) -> str:
@@ -197,7 +197,8 @@ def format_plan(plan: dict) -> str:
                      f"accountant), {sigma} {plan['noise_multiplier']:.4g} {how}")
         lines.append(f"  adjacency: {plan['adjacency']}; sampling: {plan['sampling']}")
         if plan.get("calibration") == "per_client":
-            lines.append("  per-client calibration (the seeded schedule): each client's noise multiplier, rounds, epsilon:")
+            lines.append("  per-client calibration (the seeded schedule): each client's noise multiplier, rounds, "
+                         "epsilon:")
             lines += [f"    client {pid}: " + ("no rounds" if sigma is None else f"{sigma:.4g}, {r}, {eps:.4g}")
                       for pid, (sigma, r, eps) in enumerate(zip(plan["client_noise_multipliers"], plan["client_rounds"],
                                                                 plan["client_epsilon_planned"]))]

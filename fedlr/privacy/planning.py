@@ -61,10 +61,10 @@ class PrivacyPlan:
     warnings: list[str] = field(default_factory=list)
     calibration: str = "worst_case"
     # per_client only, by partition id: σ_k (None: no data, or never sampled), the rounds R_k the seed
-    # samples client k in, and ε_k after them
+    # samples client k in, and ε_k after them (the cumulative ε each reports is the ledger's client_epsilon)
     client_noise_multipliers: list[float | None] | None = None
     client_rounds: list[int] | None = None
-    client_epsilon: list[float] | None = None
+    client_epsilon_planned: list[float] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -114,30 +114,30 @@ def plan_privacy(exp: Experiment, train_sizes: list[int]) -> PrivacyPlan | None:
     every_round = [fed.num_rounds] * fed.num_clients
     mode = configured_mode(priv)
     schedule = mode.releases_per_client(seeded_schedule(exp), fed.num_rounds)
-    per_client, sigma = {}, None
+    per_client = {}
     if priv.calibration == "per_client":
         sigmas = calibrate_per_client(exp, train_sizes, schedule)
-        client_eps = [0.0 if s is None else epsilon_of_client(exp, n, s, r)
-                      for n, s, r in zip(train_sizes, sigmas, schedule)]
-        per_client = dict(client_noise_multipliers=sigmas, client_rounds=schedule, client_epsilon=client_eps)
-        sigma = max((s for s in sigmas if s is not None), default=None)  # the noisiest client's
-    calibrated = priv.noise_multiplier is None
-    if not calibrated:
+        per_client = dict(client_noise_multipliers=sigmas, client_rounds=schedule, client_epsilon_planned=[
+            0.0 if s is None else epsilon_of_client(exp, n, s, r) for n, s, r in zip(train_sizes, sigmas, schedule)])
+    own_sigmas = [s for s in per_client.get("client_noise_multipliers", []) if s is not None]
+    if priv.noise_multiplier is not None:
         sigma = priv.noise_multiplier
-    elif sigma is None:
+    elif own_sigmas:
+        sigma = max(own_sigmas)  # the noisiest client's
+    else:
         sigma = calibrate(exp, lambda s, coarse=False: epsilon_for(exp, train_sizes, s, every_round, coarse))
     mechanisms = [mode.mechanism]
     if (method_mechanism := get_method(exp.method.name).privacy_mechanisms.get(mode.name)) is not None:
         mechanisms.append(method_mechanism)
     nonempty = [n for n in train_sizes if n > 0]
     if per_client:
-        epsilon = seeded = max(per_client["client_epsilon"])
+        epsilon = seeded = max(per_client["client_epsilon_planned"])
     else:
         epsilon = epsilon_for(exp, train_sizes, sigma, every_round)
         seeded = epsilon_for(exp, train_sizes, sigma, schedule) if any(schedule) else 0.0
     return PrivacyPlan(
         mode=priv.mode, accountant=priv.accountant, delta=priv.delta, noise_multiplier=sigma,
-        noise_calibrated=calibrated, max_grad_norm=priv.max_grad_norm,
+        noise_calibrated=priv.noise_multiplier is None, max_grad_norm=priv.max_grad_norm,
         epsilon=epsilon, epsilon_seeded_schedule=seeded,
         adjacency=mode.adjacency, sampling=mode.sampling, mechanisms=mechanisms,
         num_rounds=fed.num_rounds, steps_per_round=mode.steps_per_round(exp),
