@@ -36,8 +36,8 @@ from fedlr.privacy.accountant import StepAccountant
 from fedlr.compression.base import canonical_keys
 from fedlr.compression.pipeline import apply_broadcast, cached_reference, encode_update, remember_broadcast
 from fedlr.run import client_snapshots
-from fedlr.run.records import (BASE_ROUND_KEY, BROADCAST_KEY, EXPERIMENT_KEY, FUSED_KEY, KEEP_FROM_KEY, PARTITION_KEY,
-                               RESUME_ROUND_KEY, STATE_DIR_KEY, from_record, fused_key, payload_record,
+from fedlr.run.records import (BASE_ROUND_KEY, BROADCAST_KEY, EXPERIMENT_KEY, FUSED_KEY, KEEP_FROM_KEY, NOT_ENROLLED,
+                               PARTITION_KEY, RESUME_ROUND_KEY, STATE_DIR_KEY, from_record, fused_key, payload_record,
                                record_payload, to_record)
 from fedlr.seeding import torch_generator
 from fedlr.workbench import get_workbench
@@ -60,7 +60,8 @@ def _partition_id(context: Context) -> int:
 
 def _experiment(context: Context):
     if STATE_CONFIG not in context.state:
-        raise RuntimeError("this client has not received the experiment (query message missing)")
+        raise RuntimeError(f"{NOT_ENROLLED} (query message missing); the server enrolls it again before the next "
+                           "round")
     exp = experiment_from_json(context.state[STATE_CONFIG][EXPERIMENT_KEY])
     torch.set_num_threads(exp.federation.num_cpus)
     return exp

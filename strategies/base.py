@@ -45,7 +45,7 @@ from fedlr.sampling import sample_clients
 from fedlr.strategies.client_epsilon import client_epsilons
 from fedlr.strategies.collector import WEIGHT_KEY, Collected, ReplyCollector, ReplyPolicy, served_partitions
 from fedlr.strategies.downlink import Downlink
-from fedlr.strategies.enrollment import enroll
+from fedlr.strategies.enrollment import enroll, lost_enrollment, rejoin
 from fedlr.strategies.fed_sb import federated_init
 from fedlr.strategies.state import ServerState
 from fedlr.validation import at_rank, expected_of
@@ -278,13 +278,17 @@ class FedLRStrategy(FedAvg):
         wall_offset = server.wall_time_s
         result = Result()
         enroll(self, grid)
+        stale: set[int] = set()  # partitions whose node lost the experiment: enrolled again next round
+        seen = set(grid.get_node_ids())  # the nodes connected at the last look
         for server_round in range(server.round + 1, num_rounds + 1):
             self.row = row = LedgerRow(round=server_round, clients_sampled=[])
             if server_round == 0:
                 self.initialize(grid, row)
             else:
+                row.rejoined = rejoin(self, grid, stale, seen) or None  # nodes back from a restart, before sampling
                 messages = self.configure_train(server_round, to_record(server.state), ConfigRecord(), grid)
                 _, metrics = self.aggregate_train(server_round, self.exchange(grid, list(messages)))
+                stale = lost_enrollment(row.failures)
                 if metrics is not None:
                     result.train_metrics_clientapp[server_round] = metrics
             self.record_privacy(server, row)

@@ -59,7 +59,8 @@ def federation(tmp_path_factory):
         assert len(set(node_ids)) == NUM_CLIENTS
         for i in range(NUM_CLIENTS):
             fed.start_supernode(f"node-{i}", i, NUM_CLIENTS, auth_key=keys[f"node-{i}"][0], warm=i != 0)
-        fed.start_supernode("rogue", 0, NUM_CLIENTS, auth_key=keys["rogue"][0])  # key never registered
+        fed.start_supernode("rogue", 0, NUM_CLIENTS, auth_key=keys["rogue"][0],  # key never registered
+                            extra=["--max-wait-time", "10"])  # refused: tries again for 10 s, not 120
         yield fed
     finally:
         fed.stop()

@@ -467,3 +467,12 @@ def test_supernode_with_its_own_data(tiny_path, tmp_path, capsys):
     assert "give --data FILE" in capsys.readouterr().err
     assert main([*base, "--data", str(mine), "--experiment", str(tiny_path)]) == 2  # the experiment partitions
     assert "the experiment partitions data.dataset = 'rotten_tomatoes'" in capsys.readouterr().err
+
+
+def test_a_refused_supernode_backs_off_within_its_window():
+    from fedlr.deploy.supernode import backoff
+
+    assert backoff([0.0], 120) == 5 and backoff([0.0, 6.0], 120) == 10 and backoff([0.0, 6, 17, 38], 120) == 40
+    assert backoff([0.0, 6, 17, 38, 79], 200) == 60  # doubling stops at a minute
+    assert backoff([0.0, 6, 17, 38, 79], 120) is None  # the next try would come after the window
+    assert backoff([0.0], 3) is None  # --max-wait-time 3: no second try

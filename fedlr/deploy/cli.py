@@ -111,7 +111,9 @@ def add_deploy_parser(sub) -> None:
     c.add_argument("--cold", action="store_true",
                    help="Flower's stock executor: a new flwr-clientapp process per message (slower)")
     c.add_argument("--max-retries", type=int, help="give up connecting after N tries (default: retry forever)")
-    c.add_argument("--max-wait-time", type=float, help="give up connecting after S seconds")
+    c.add_argument("--max-wait-time", type=float,
+                   help="give up connecting after S seconds; also how long a SuperNode the SuperLink refuses at "
+                        "start (a restart within its grace period) tries again (default 300)")
     c.add_argument("--dry-run", action="store_true", help="validate and print the command; start nothing")
     c.set_defaults(func=cmd_supernode)
 
@@ -218,9 +220,10 @@ def cmd_supernode(args) -> int:
     print(" ".join(argv), flush=True)
     if args.dry_run:
         return 0
-    from fedlr.deploy.supernode import serve_supernode
+    from fedlr.deploy.supernode import REJOIN_WINDOW_S, serve_supernode
 
-    return serve_supernode(argv, args.port, warm=not args.cold)
+    window = args.max_wait_time if args.max_wait_time is not None else REJOIN_WINDOW_S
+    return serve_supernode(argv, args.port, warm=not args.cold, rejoin_window_s=window)
 
 
 def _own_data(args) -> str:

@@ -50,9 +50,14 @@ class LedgerRow:
     delta: float | None = None
     client_epsilon: dict[str, float] | None = None  # partition id -> cumulative ε (sample, client_local)
     wall_time_s: float = 0.0  # since the round loop started, summed over a resumed run's sessions
+    rejoined: list[int] | None = None  # partitions whose node came back and was enrolled again before the round
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The row as written; ``rejoined`` only in a round where a node rejoined (deployment)."""
+        row = asdict(self)
+        if row["rejoined"] is None:
+            del row["rejoined"]
+        return row
 
     def to_json(self) -> str:
         """The row as written: one line of JSON, keys sorted."""

@@ -10,6 +10,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord
 
 EXPERIMENT_KEY = "experiment"
+NOT_ENROLLED = "this client has not received the experiment"  # a restarted node, before it rejoins
 PARTITION_KEY = "partition-id"
 STATE_DIR_KEY = "state-dir"  # where a client snapshots its persistent state (query / node config)
 RESUME_ROUND_KEY = "resume-round"  # query: restore the client state of this round (-1: fresh run)
