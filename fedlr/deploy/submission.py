@@ -138,7 +138,6 @@ def submit(exp: Experiment, connection: Connection, run_dir: str | Path | None =
     since_round = -1
     if resume:
         from fedlr import checkpoint
-        from fedlr.results import RunDir
 
         saved = checkpoint.latest(RunDir(run_dir).checkpoint_dir)  # where the ServerApp will resume
         since_round = saved[0] if saved is not None else -1
