@@ -35,7 +35,7 @@ def test_lgreco_topk_with_error_feedback_runs_within_the_uniform_bytes(tmp_path)
     overrides = ["method.name=fedit", "method.rank=8", "federation.num_rounds=3", 'compression.codec="topk"',
                  "compression.density=0.1", 'compression.adaptive="lgreco"', "compression.reselect_every=1"]
     plan, ledger = run_tiny(tmp_path, "l", overrides)
-    assert all(r["clients_rejected"] == 0 and r["clients_failed"] == 0 for r in ledger)
+    assert all(r.clients_rejected == 0 and r.clients_failed == 0 for r in ledger)
     assert ledger[-1].cumulative_uplink_bytes <= plan["total_uplink_bytes"]
     assert ledger[-1].cumulative_downlink_bytes == plan["total_downlink_bytes"]  # the assignment is counted
     assert ledger[-1].train_loss is not None
@@ -48,8 +48,8 @@ def test_compressed_downlink_in_the_ledger_equals_the_plan(tmp_path):
     overrides = ["method.name=fedit", "method.rank=8", "federation.num_rounds=4", 'compression.codec="powersgd"',
                  "compression.rank=1", "compression.downlink=true", "evaluation.client_side=false"]
     plan, ledger = run_tiny(tmp_path, "d", overrides)
-    assert all(r["clients_rejected"] == 0 and r["clients_failed"] == 0 for r in ledger)
-    assert [r["downlink_bytes"] for r in ledger[1:]] == plan["downlink_bytes_by_round"]
+    assert all(r.clients_rejected == 0 and r.clients_failed == 0 for r in ledger)
+    assert [r.downlink_bytes for r in ledger[1:]] == plan["downlink_bytes_by_round"]
     dense_round = 2 * plan["downlink_bytes"]
     assert min(plan["downlink_bytes_by_round"]) < dense_round  # some client got the delta
     assert ledger[-1].cumulative_bytes == plan["total_bytes"]

@@ -68,14 +68,15 @@ def test_fused_run_equals_the_one_by_one_run(tmp_path, method, extra, one_torch_
                                                          "fused")
     assert len(fused) == len(alone) == 4  # round 0 and three rounds
     for a, f in zip(alone, fused):
-        assert {k: f[k] for k in BYTES} == {k: a[k] for k in BYTES}
+        assert {k: getattr(f, k) for k in BYTES} == {k: getattr(a, k) for k in BYTES}
         assert f.clients_sampled == a.clients_sampled
         assert (f.clients_replied, f.clients_rejected, f.aggregated) == \
             (a.clients_replied, a.clients_rejected, a.aggregated)
         for key in ("train_loss", "eval_loss", "client_val_accuracy"):
-            assert (f[key] is None) == (a[key] is None)
-            if a[key] is not None:
-                assert f[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
+            fv, av = getattr(f, key), getattr(a, key)
+            assert (fv is None) == (av is None)
+            if av is not None:
+                assert fv == pytest.approx(av, rel=1e-4, abs=1e-6), key
     assert fused[-1].clients_replied == 4
     for key, value in alone_state.items():
         torch.testing.assert_close(fused_state[key], value, rtol=1e-4, atol=1e-6)
