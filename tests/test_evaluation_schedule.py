@@ -3,6 +3,7 @@ round and the last; the rows of other rounds carry no evaluation figures and not
 final and best accuracy come from the evaluated rounds. Real rounds of the tiny model through the
 ClientApp, in-process (no Ray)."""
 
+import dataclasses
 import sys
 import tomllib
 
@@ -18,9 +19,10 @@ from fedlr.config import ConfigError, EvaluationConfig, load_experiment  # noqa:
 from fedlr.results import RunDir  # noqa: E402
 from fedlr.results.console import Console  # noqa: E402
 from fedlr.results.report import run_row  # noqa: E402
-from fedlr.results.ledger import read_ledger  # noqa: E402
+from fedlr.results.ledger import LedgerRow, read_ledger  # noqa: E402
 
-EVAL_KEYS = ("eval_loss", "eval_accuracy", "client_val_accuracy")
+# every figure an evaluation writes: the central eval_* metrics and the clients' validation accuracy
+EVAL_KEYS = (*(f.name for f in dataclasses.fields(LedgerRow) if f.name.startswith("eval_")), "client_val_accuracy")
 
 
 @pytest.mark.parametrize("every, num_rounds, evaluated", [(1, 3, [0, 1, 2, 3]), (2, 4, [0, 2, 4]), (2, 3, [0, 2, 3]),
