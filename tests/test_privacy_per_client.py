@@ -17,8 +17,7 @@ from fedlr.config import ConfigError, experiment_from_dict, load_experiment
 from fedlr.plan import communication_plan, format_plan, privacy_entries
 from fedlr.privacy.accountant import epsilon_of_history
 from fedlr.privacy.calibration import SIGMA_MIN
-from fedlr.privacy.planning import client_train_sizes, plan_privacy
-from fedlr.sampling import sample_clients
+from fedlr.privacy.planning import client_train_sizes, plan_privacy, seeded_schedule
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import InProcessGrid  # noqa: E402
@@ -34,15 +33,6 @@ def experiment(mode, target, calibration, *, seed=0, num_clients=4, clients_per_
         "train": {"batch_size": batch, "local_steps": steps},
         "privacy": {"mode": mode, "target_epsilon": target, "calibration": calibration, "delta": DELTA,
                     "accountant": accountant}})
-
-
-def schedule_of(exp):
-    fed = exp.federation
-    rounds = [0] * fed.num_clients
-    for t in range(1, fed.num_rounds + 1):
-        for pid in sample_clients(exp.seed, t, fed.num_clients, fed.clients_per_round):
-            rounds[pid] += 1
-    return rounds
 
 
 def own_history(exp, n, sigma, rounds):
@@ -71,7 +61,7 @@ def test_every_client_ends_within_one_percent_under_the_target(case):
     mode, target = case.pop("mode"), case.pop("target")
     exp = experiment(mode, target, "per_client", **case)
     plan = plan_privacy(exp, sizes)
-    rounds = schedule_of(exp)
+    rounds = seeded_schedule(exp)
     assert plan.client_rounds == rounds
     for pid, (n, r) in enumerate(zip(sizes, rounds)):
         sigma = plan.client_noise_multipliers[pid]
@@ -119,7 +109,7 @@ def test_worst_case_plan_is_unchanged_and_refuses_no_round():
     entries = privacy_entries(exp, [30, 100, 250, 60])
     assert not {"calibration", "client_noise_multipliers", "client_epsilon_planned"} & set(entries)
     per_client = privacy_entries(experiment("sample", 3.0, "per_client"), [30, 100, 250, 60])
-    assert per_client["client_rounds"] == schedule_of(exp) and len(per_client["client_noise_multipliers"]) == 4
+    assert per_client["client_rounds"] == seeded_schedule(exp) and len(per_client["client_noise_multipliers"]) == 4
 
 
 @pytest.mark.parametrize("privacy, needle", [
