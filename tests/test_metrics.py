@@ -2,7 +2,8 @@
 installed here): accuracy, balanced accuracy (mean recall over the classes present), macro-F1
 (over the classes in the truth or the predictions, as scikit-learn's default), ROC AUC by the
 Mann–Whitney pair count (ties count ½) — on random labels and logits with many ties and classes
-that never appear — and scikit-learn's documented values."""
+that never appear — and scikit-learn's documented values; and the majority-class baseline's
+closed form against the metrics of a constant prediction."""
 
 import math
 
@@ -12,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedlr.metrics import average_ranks, classification_metrics
+from fedlr.results.stats import majority_baseline
 
 
 def reference_softmax(z):
@@ -107,3 +109,23 @@ def test_auc_is_undefined_with_one_class_and_ranks_average_ties():
     with pytest.raises(ValueError):
         classification_metrics([], np.zeros((0, 2)))
     assert not math.isnan(classification_metrics([0], [[1.0, 0.0]]).balanced_accuracy)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(2, 5).flatmap(lambda k: st.lists(st.integers(0, k - 1), min_size=1, max_size=60).map(
+    lambda labels: (k, labels))))
+def test_majority_baseline_is_what_always_answering_the_majority_class_scores(case):
+    """The report's closed-form baseline (``fedlr.results.stats.majority_baseline``) against the
+    metrics of a constant prediction of the most frequent class, by fedlr.metrics and by the
+    independent reference above."""
+    k, labels = case
+    support = [labels.count(c) for c in range(k)]
+    majority = support.index(max(support))
+    logits = np.tile(np.eye(k)[majority], (len(labels), 1))
+    baseline = majority_baseline(support)
+    got, want = classification_metrics(labels, logits), reference(labels, logits.tolist())
+    for name in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc"):
+        if want[name] is None:
+            assert baseline[name] is None and getattr(got, name) is None, name
+        else:
+            assert baseline[name] == pytest.approx(want[name], abs=1e-12) == getattr(got, name), name
