@@ -76,6 +76,10 @@ def _add_sweep_report(sub) -> None:
     c.add_argument("--out", default=None, help="where to write the report (default RUNS_DIR/report)")
     c.add_argument("--no-html", action="store_true", help="write the tables and figures only")
     c.add_argument("--tensorboard", action="store_true", help="also export every ledger to OUT/tensorboard/")
+    c.add_argument("--metric", default=None, metavar="NAME",
+                   help="what the tables and figures show: accuracy, balanced_accuracy, macro_f1 or roc_auc "
+                        "(default: balanced_accuracy where a test set's majority class is >= 60%% of it, else accuracy)")
+    c.add_argument("--study", default=None, metavar="NAME", help="table.csv's study column (default: RUNS_DIR's name)")
     c.set_defaults(func=cmd_report)
 
 
@@ -103,10 +107,12 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from fedlr.results.report import write_report
+    from fedlr.results.report import build_report, write_outputs
 
-    paths = write_report(args.runs_dir, args.out, html=not args.no_html, tensorboard=args.tensorboard)
+    report = build_report(args.runs_dir, args.metric, args.study)
+    paths = write_outputs(report, args.out, html=not args.no_html, tensorboard=args.tensorboard)
     print(paths["table_md"].read_text(), end="")
+    print(f"metric: {report.metric} ({report.metric_reason})")
     for key, path in paths.items():
         print(f"{key}: {path}")
     return 0

@@ -124,7 +124,7 @@ def test_extra_varying_fields_get_columns_and_labels(tmp_path):
     assert float(table[1]["final_accuracy_mean"]) == pytest.approx(0.6 + 0.01 + 0.01)
     assert float(table[1]["final_accuracy_std"]) == pytest.approx(0.01)
     md = paths["table_md"].read_text()
-    assert md.startswith("| train.lr | method | rank | codec | ε | δ | seeds | final acc |")
+    assert md.startswith("| train.lr | method | rank | codec | ε | δ | seeds | final accuracy |")
     report = build_report(root)
     assert report.incomplete == ["broken"]
     assert report.labels() == ["fedit r4 lr=0.001", "fedit r4 lr=0.01"]

@@ -8,16 +8,23 @@ import html
 import time
 from pathlib import Path
 
-from fedlr.results.plots import FIGURES, PIXELS
-from fedlr.results.report import Report, run_records
+from fedlr.results.plots import PIXELS, figure_names
+from fedlr.results.report import Report
+from fedlr.results.tables import run_records
 
 CAPTIONS = {
-    "fig_bytes": "Final accuracy against total MiB sent (uplink + downlink, log scale); the dashed step line "
-                 "is the Pareto frontier: no run is both cheaper and more accurate than a point on it.",
-    "fig_epsilon": "Final accuracy against ε (the privacy loss at the run's δ); the dashed line is the Pareto "
-                   "frontier (least ε, most accuracy).",
-    "fig_rounds": "Central test accuracy per round, mean over seeds with a ± one standard deviation band.",
+    "fig_bytes": "Final {metric} against total MiB sent (uplink + downlink, log scale), error bars the 95 % "
+                 "interval; the dark dashed step line is the Pareto frontier: no group is both cheaper and better "
+                 "on average than a point on it; the grey dashed line is the majority-class baseline.",
+    "fig_epsilon": "Final {metric} against the ε spent (the privacy loss at the run's δ), error bars the 95 % "
+                   "interval; the dark dashed line is the Pareto frontier (least ε, highest mean), the grey "
+                   "dashed line the majority-class baseline, dotted lines the non-private (ε = ∞) groups.",
+    "fig_rounds": "Test {metric} per round, mean over seeds with its 95 % interval as a band; the grey dashed "
+                  "line is the majority-class baseline.",
 }
+INTERVALS = ("mean ± 95 % confidence half-width, Student t over the n seeds (t<sub>0.975, n−1</sub>·s/√n); "
+             "one seed: the Wilson 95 % interval of the test-set proportion for accuracy [low, high], no "
+             "interval for the other metrics")
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1100px;
@@ -53,9 +60,11 @@ def render_html(report: Report, header: list[str], rows: list[list[str]], paths:
     """The page as a string; ``paths`` holds the figures written by ``plots.write_figures``."""
     root = html.escape(str(report.root))
     n_runs = sum(len(g.runs) for g in report.groups)
+    metric = html.escape(report.metric)
     figures = "\n".join(
-        f"<figure>{_img(paths[key], name)}<figcaption>{html.escape(CAPTIONS[key])}</figcaption></figure>"
-        for key, name in FIGURES.items() if key in paths
+        f"<figure>{_img(paths[key], name)}<figcaption>{html.escape(CAPTIONS[key].format(metric=report.metric))}"
+        f"</figcaption></figure>"
+        for key, name in figure_names(report.metric).items() if key in paths
     )
     per_run = run_records(report.groups, report.varying)
     run_header = list(per_run[0]) if per_run else []
@@ -76,8 +85,10 @@ def render_html(report: Report, header: list[str], rows: list[list[str]], paths:
 <body>
 <h1>fedlr report: <code>{root}</code></h1>
 <p class="note">{n_runs} complete runs in {len(report.groups)} groups (runs that differ only in their seed);
-varying: {varying}. Accuracy is mean ± sample standard deviation over seeds; bytes are summed from each
-run's ledger (MiB = 2<sup>20</sup> bytes); ε and δ are blank for runs without differential privacy.
+varying: {varying}. Metric: <b>{metric}</b> ({html.escape(report.metric_reason)}); final {metric} is the
+{INTERVALS}; majority is that metric's majority-class baseline. Bytes are summed from each run's ledger
+(MiB = 2<sup>20</sup> bytes); ε and δ (mean ± standard deviation over seeds) are blank for runs without
+differential privacy.
 Made {html.escape(time.strftime('%Y-%m-%d %H:%M:%S'))} by <code>fedlr report {root}</code>.</p>
 <h2>Results</h2>
 {_table(header, rows)}

@@ -2,32 +2,39 @@
 
 Every number comes from the run directories themselves:
 
-- ``config.toml`` says what the run was (method, rank, codec, seed, anything else that varies);
-- ``ledger.jsonl`` gives the accuracy per round (final = the last evaluated round, best = the
-  highest, round 0 included as in ``summary.json``) and the bytes (sums of the per-round
-  ``uplink_bytes`` / ``downlink_bytes``);
+- ``config.toml`` says what the run was (corpus, method, rank, codec, target ε, seed, anything
+  else that varies);
+- ``ledger.jsonl`` gives the central evaluation per round (final = the last evaluated round, best
+  = the highest, round 0 included as in ``summary.json``), the test set's per-class counts and
+  the bytes (sums of the per-round ``uplink_bytes`` / ``downlink_bytes``);
 - ``summary.json`` marks the run complete and gives the wall time and ε, δ where the run had
   privacy (``epsilon``/``delta`` keys; the last ledger row's as a fallback); ε is ∞ for a run
   with ``privacy.target_epsilon = inf`` (the non-private column of a privacy study).
 
-Runs that differ only in ``seed`` form a group; the table shows each group's mean ± sample
-standard deviation over its seeds. Written to ``RUNS_DIR/report/`` (or ``--out``)::
+**The metric** (``--metric``; ``choose_metric``): one of ``stats.METRICS``. By default balanced
+accuracy where a test set is imbalanced, i.e. its majority class holds at least
+``IMBALANCED_SHARE`` = 0.6 of its examples (SMS spam: 0.87), else accuracy; accuracy for runs
+recorded before balanced accuracy, macro-F1 and ROC AUC were (which can report nothing else).
 
-    runs.csv                 one row per run (tidy)
-    table.csv, table.md      one row per group: mean and std over seeds
-    accuracy_vs_bytes.png    final accuracy against total MiB sent, log x, Pareto frontier
-    accuracy_vs_epsilon.png  final accuracy against ε, Pareto frontier
-    accuracy_per_round.png   central test accuracy per round, mean over seeds, ± std band
-    report.html              all of the above in one self-contained page (images inline)
-    tensorboard/<run>/       with --tensorboard: every ledger as TensorBoard scalars
+Runs that differ only in ``seed`` form a group; each group's final metric is its mean over seeds
+with a 95 % interval (``stats.interval``: Student t over seeds; one seed: Wilson for accuracy,
+none for the others), beside the majority-class baseline (``stats.majority_baseline``). Written
+to ``RUNS_DIR/report/`` (or ``--out``); ``M`` is the metric's name::
+
+    runs.csv               one row per run (tidy)
+    table.csv, table.md    one row per group: mean, 95 % interval, majority baseline, bytes
+    M_vs_bytes.png         final metric against total MiB sent, log x, Pareto frontier
+    M_vs_epsilon.png       final metric against ε, Pareto frontier
+    M_per_round.png        the metric per round, mean over seeds, 95 % interval band
+    report.html            all of the above in one self-contained page (images inline)
+    tensorboard/<run>/     with --tensorboard: every ledger as TensorBoard scalars
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
+import statistics
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,16 +45,21 @@ from fedlr.config_paths import flatten
 from fedlr.results.ledger import LedgerError, LedgerRow
 from fedlr.results.pareto import mean_std
 from fedlr.results.rundir import RunDir
+from fedlr.results.stats import METRICS, Interval, interval, majority_baseline, majority_share
 
 MIB = 2**20
 REPORT_DIR = "report"
 # Fields that never distinguish groups: the seed is what a group averages over; output is where.
 NOT_A_PARAMETER = ("seed",)
 NOT_A_PARAMETER_SECTIONS = ("output",)
-# The columns the table always has, by config field.
+# The columns the human table (and a group's label) always has, by config field.
 FIXED_FIELDS = {"method.name": "method", "method.rank": "rank", "compression.codec": "codec"}
-METRICS = ("final_accuracy", "best_accuracy", "epsilon", "delta", "uplink_MiB", "downlink_MiB", "total_MiB",
-           "wall_time_s")
+# The per-run figures a group averages (mean and standard deviation in table.csv's last columns).
+RUN_STATS = ("final_accuracy", "best_accuracy", *(f"final_{m}" for m in METRICS[1:]), "epsilon", "delta",
+             "uplink_MiB", "downlink_MiB", "total_MiB", "wall_time_s")
+# A test set whose majority class holds at least this share of the examples is imbalanced: there
+# the report defaults to balanced accuracy (a majority-class guess scores 0.5 on two classes, not 0.87).
+IMBALANCED_SHARE = 0.6
 
 
 class ReportError(ConfigError):
@@ -155,11 +167,18 @@ def _method_has_rank(method: str | None) -> bool:
         return True
 
 
+def last_evaluated(ledger: list[LedgerRow]) -> LedgerRow | None:
+    """The last row with a central evaluation (rows without one have no eval_* figures)."""
+    return next((r for r in reversed(ledger) if r.eval_accuracy is not None), None)
+
+
 def run_row(config: dict, summary: dict | None, ledger: list[LedgerRow]) -> dict:
     """One run's figures from its config, summary and ledger (pure)."""
     flat = flatten(config)
     method = flat.get("method.name")
     accs = [r.eval_accuracy for r in ledger if r.eval_accuracy is not None]
+    evaluated = last_evaluated(ledger)
+    support = evaluated.eval_class_support if evaluated is not None else None
     up = sum(r.uplink_bytes for r in ledger)
     down = sum(r.downlink_bytes for r in ledger)
     last = ledger[-1] if ledger else None
@@ -186,6 +205,9 @@ def run_row(config: dict, summary: dict | None, ledger: list[LedgerRow]) -> dict
         "rounds": max((r.round for r in ledger), default=0),
         "final_accuracy": accs[-1] if accs else None,
         "best_accuracy": max(accs) if accs else None,
+        **{f"final_{m}": getattr(evaluated, f"eval_{m}", None) for m in METRICS[1:]},
+        "test_examples": sum(support) if support else None,
+        "class_support": support,
         "uplink_bytes": up,
         "downlink_bytes": down,
         "total_bytes": up + down,
@@ -196,9 +218,50 @@ def run_row(config: dict, summary: dict | None, ledger: list[LedgerRow]) -> dict
     }
 
 
-def accuracy_curve(ledger: list[LedgerRow]) -> dict[int, float]:
-    """Central test accuracy by round (rounds without an evaluation left out)."""
-    return {r.round: float(r.eval_accuracy) for r in ledger if r.eval_accuracy is not None}
+def metric_curve(ledger: list[LedgerRow], metric: str = "accuracy") -> dict[int, float]:
+    """The central evaluation's ``metric`` by round (rounds without one left out)."""
+    values = {r.round: getattr(r, f"eval_{metric}") for r in ledger}
+    return {rnd: float(v) for rnd, v in values.items() if v is not None}
+
+
+def predates_metrics(ledger: list[LedgerRow]) -> bool:
+    """Whether the run was evaluated before balanced accuracy, macro-F1 and ROC AUC were recorded
+    (an evaluated row without a balanced accuracy, which every evaluation since has)."""
+    return any(r.eval_accuracy is not None and r.eval_balanced_accuracy is None for r in ledger)
+
+
+def choose_metric(requested: str | None, ledgers: list[list[LedgerRow]]) -> tuple[str, str]:
+    """(the metric the report uses, why), from ``--metric`` and the runs' ledgers (pure).
+
+    A name not in ``METRICS`` is an error listing them; so is any metric but accuracy asked of runs
+    that predate the others. Unasked: accuracy for such runs; otherwise balanced accuracy where a
+    test set's majority class holds at least ``IMBALANCED_SHARE`` of it, else accuracy."""
+    if requested is not None and requested not in METRICS:
+        raise ReportError(f"--metric {requested!r}: not a metric; choose one of {', '.join(METRICS)}")
+    old = sum(predates_metrics(ledger) for ledger in ledgers)
+    if old and requested not in (None, "accuracy"):
+        raise ReportError(f"--metric {requested}: {old} of {len(ledgers)} runs were recorded before fedlr recorded "
+                          "balanced accuracy, macro-F1 and ROC AUC; they have only accuracy (--metric accuracy)")
+    if requested is not None:
+        return requested, "asked for with --metric"
+    if old:
+        return "accuracy", f"{old} of {len(ledgers)} runs predate the other metrics: accuracy is all they have"
+    supports = [r.eval_class_support for ledger in ledgers if (r := last_evaluated(ledger)) and r.eval_class_support]
+    if not supports:
+        return "accuracy", "no run recorded its test set's class counts"
+    share = max(majority_share(s) for s in supports)
+    if share >= IMBALANCED_SHARE:
+        return "balanced_accuracy", (f"imbalanced test set: its majority class is {share:.1%} of it "
+                                     f"(≥ {IMBALANCED_SHARE:.0%}), where always guessing it scores {share:.4f} accuracy")
+    return "accuracy", f"balanced test sets: no majority class above {share:.1%} (< {IMBALANCED_SHARE:.0%})"
+
+
+def group_majority(supports: list[list[int] | None], metric: str) -> float | None:
+    """The majority-class baseline of ``metric``, mean over the seeds whose test set's class counts
+    are known (a seed may draw its own test split); None where none is."""
+    values = [majority_baseline(s)[metric] for s in supports if s]
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
 
 
 def _stat(values: list) -> tuple[float | None, float | None, int]:
@@ -219,16 +282,28 @@ def _sort_value(v) -> tuple:
 
 @dataclass
 class Group:
-    """Runs that differ only in their seed."""
+    """Runs that differ only in their seed, and their figures for the report's ``metric``."""
 
+    config: dict[str, Any]  # the (normalized, dotted) config the runs share but for the seed
     params: dict[str, Any]  # the varying fields' values (dotted key -> value)
-    runs: list[dict]  # run rows
-    curves: list[dict[int, float]]
-    stats: dict[str, tuple[float | None, float | None, int]] = field(default_factory=dict)
+    metric: str
+    runs: list[dict] = field(default_factory=list)  # run rows
+    curves: list[dict[int, float]] = field(default_factory=list)  # the metric by round, one per run
+    stats: dict[str, tuple[float | None, float | None, int]] = field(default_factory=dict)  # RUN_STATS
+    final: Interval = Interval(mean=None, n=0)  # the final metric over seeds, with its 95 % interval
+    majority: float | None = None  # the majority-class baseline of the metric
 
     @property
     def method(self):
         return self.runs[0]["method"]
+
+    @property
+    def corpus(self):
+        return self.config.get("data.dataset")
+
+    @property
+    def target_epsilon(self) -> float | None:
+        return self.config.get("privacy.target_epsilon")
 
     def label(self, varying: list[str]) -> str:
         """A short legend label: method, rank, codec, then the other varying fields."""
@@ -240,151 +315,66 @@ class Group:
             parts.append(str(r["codec"]))
         for key in varying:
             if key not in FIXED_FIELDS:
-                parts.append(f"{key.split('.')[-1]}={_fmt_value(self.params.get(key))}")
+                parts.append(f"{key.split('.')[-1]}={fmt_value(self.params.get(key))}")
         return " ".join(parts)
 
-    def mean_curve(self) -> list[tuple[int, float, float | None]]:
-        """(round, mean, std) over the seeds that evaluated that round."""
+    def mean_curve(self) -> list[tuple[int, Interval]]:
+        """(round, the metric's mean and 95 % interval over the seeds that evaluated that round)."""
         rounds = sorted({k for c in self.curves for k in c})
-        out = []
-        for rnd in rounds:
-            m, s, _ = mean_std([c.get(rnd) for c in self.curves])
-            out.append((rnd, m, s))
-        return out
+        return [(rnd, interval([c.get(rnd) for c in self.curves], self.metric, self.runs[0]["test_examples"]))
+                for rnd in rounds]
+
+    def summarize(self) -> None:
+        """Sort the runs by seed and compute the group's figures from them."""
+        self.runs.sort(key=lambda r: (_sort_value(r["seed"]), r["run"]))
+        self.stats = {m: _stat([r[m] for r in self.runs]) for m in RUN_STATS}
+        self.final = interval([r[f"final_{self.metric}"] for r in self.runs], self.metric,
+                              self.runs[0]["test_examples"])
+        self.majority = group_majority([r["class_support"] for r in self.runs], self.metric)
 
 
-def group_runs(records: list[RunRecord]) -> tuple[list[Group], list[str]]:
-    """Group complete runs by everything but the seed; returns (groups sorted by method, rank,
-    codec and the other varying fields; the varying fields)."""
+def group_runs(records: list[RunRecord], metric: str = "accuracy") -> tuple[list[Group], list[str]]:
+    """Group complete runs by everything but the seed; returns (groups sorted by corpus, method,
+    rank, codec and the other varying fields; the varying fields)."""
     complete = [r for r in records if r.complete]
     defaults = _defaults()
     varying = varying_fields((r.config for r in complete), defaults)
     groups: dict[str, Group] = {}
     for rec in complete:
-        row = {"run": rec.name, **run_row(rec.config, rec.summary, rec.ledger)}
         flat = normalized(rec.config, defaults)
-        key = group_key(rec.config, defaults)
-        if key not in groups:
-            groups[key] = Group(params={k: flat.get(k) for k in varying}, runs=[], curves=[])
-        groups[key].runs.append(row)
-        groups[key].curves.append(accuracy_curve(rec.ledger))
+        group = groups.setdefault(group_key(rec.config, defaults),
+                                  Group(config=flat, params={k: flat.get(k) for k in varying}, metric=metric))
+        group.runs.append({"run": rec.name, **run_row(rec.config, rec.summary, rec.ledger)})
+        group.curves.append(metric_curve(rec.ledger, metric))
     for g in groups.values():
-        g.runs.sort(key=lambda r: (_sort_value(r["seed"]), r["run"]))
-        g.stats = {m: _stat([r[m] for r in g.runs]) for m in METRICS}
+        g.summarize()
 
     def order(g: Group) -> tuple:
         r = g.runs[0]
-        return (_sort_value(r["method"]), _sort_value(r["rank"]), _sort_value(r["codec"]),
+        return (_sort_value(g.corpus), _sort_value(r["method"]), _sort_value(r["rank"]), _sort_value(r["codec"]),
                 *(_sort_value(g.params.get(k)) for k in varying if k not in FIXED_FIELDS))
 
     return sorted(groups.values(), key=order), varying
 
 
-def _fmt_value(v) -> str:
+def fmt_value(v) -> str:
+    """A config value as a table cell: None blank, booleans lower case, lists joined by '+'."""
     if v is None:
         return ""
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, list):
-        return "+".join(_fmt_value(x) for x in v)
+        return "+".join(fmt_value(x) for x in v)
     return str(v)
-
-
-def _fmt(v: float | None, digits: str) -> str:
-    return "" if v is None else format(v, digits)
-
-
-def _pm(stat: tuple, digits: str) -> str:
-    mean, std, _ = stat
-    if mean is None:
-        return ""
-    if math.isinf(mean):
-        return "∞"
-    return format(mean, digits) + ("" if not std else f" ± {format(std, digits)}")
-
-
-def _mib(v: float | None) -> str:
-    """MiB with four significant digits, without exponents below 10 000 MiB."""
-    if v is None:
-        return ""
-    return f"{v:,.0f}" if v >= 1000 else f"{v:.4g}"
-
-
-def extra_fields(varying: list[str]) -> list[str]:
-    """Varying fields shown as their own columns (method, rank and codec always are)."""
-    return [k for k in varying if k not in FIXED_FIELDS]
-
-
-def group_table(groups: list[Group], varying: list[str]) -> tuple[list[str], list[list[str]]]:
-    """The human table (Markdown / HTML): header and rows of strings, mean ± std over seeds."""
-    extra = extra_fields(varying)
-    header = [*extra, "method", "rank", "codec", "ε", "δ", "seeds", "final acc", "best acc",
-              "up MiB", "down MiB", "total MiB", "wall s"]
-    rows = []
-    for g in groups:
-        r, s = g.runs[0], g.stats
-        rows.append([
-            *(_fmt_value(g.params.get(k)) for k in extra), str(r["method"]), _fmt_value(r["rank"]) or "-",
-            str(r["codec"]), _pm(s["epsilon"], ".3g"), _pm(s["delta"], ".2g"),
-            " ".join(_fmt_value(x["seed"]) for x in g.runs),
-            _pm(s["final_accuracy"], ".4f"), _pm(s["best_accuracy"], ".4f"),
-            _mib(s["uplink_MiB"][0]), _mib(s["downlink_MiB"][0]), _mib(s["total_MiB"][0]),
-            _fmt(s["wall_time_s"][0], ".1f"),
-        ])
-    return header, rows
-
-
-def group_records(groups: list[Group], varying: list[str]) -> list[dict]:
-    """The tidy per-group table (CSV): one column per statistic, numbers unformatted."""
-    out = []
-    for g in groups:
-        r = g.runs[0]
-        rec: dict[str, Any] = {k: _fmt_value(g.params.get(k)) for k in extra_fields(varying)}
-        rec.update(method=r["method"], rank=r["rank"], codec=r["codec"], n_seeds=len(g.runs),
-                   seeds=" ".join(_fmt_value(x["seed"]) for x in g.runs))
-        for m in METRICS:
-            mean, std, _ = g.stats[m]
-            rec[f"{m}_mean"], rec[f"{m}_std"] = mean, std
-        rec["runs"] = " ".join(x["run"] for x in g.runs)
-        out.append(rec)
-    return out
-
-
-def run_records(groups: list[Group], varying: list[str]) -> list[dict]:
-    """The tidy per-run table (CSV)."""
-    out = []
-    for g in groups:
-        for r in g.runs:
-            out.append({"run": r["run"], **{k: _fmt_value(g.params.get(k)) for k in extra_fields(varying)},
-                        **{k: v for k, v in r.items() if k != "run"}})
-    return out
-
-
-def to_csv(records: list[dict]) -> str:
-    buf = io.StringIO()
-    if records:
-        writer = csv.DictWriter(buf, fieldnames=list(records[0]), lineterminator="\n")
-        writer.writeheader()
-        for rec in records:
-            writer.writerow({k: "" if v is None else v for k, v in rec.items()})
-    return buf.getvalue()
-
-
-def to_markdown(header: list[str], rows: list[list[str]]) -> str:
-    def esc(c: str) -> str:
-        return c.replace("|", "\\|")
-
-    numeric = [h not in ("method", "codec", "seeds") for h in header]
-    lines = ["| " + " | ".join(esc(h) for h in header) + " |",
-             "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
-    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
 
 
 # ----------------------------------------------------------------------------- the report
 @dataclass
 class Report:
     root: Path
+    study: str  # --study, or the folder's name
+    metric: str  # what the tables and figures show (stats.METRICS)
+    metric_reason: str  # why that one (choose_metric)
     groups: list[Group]
     varying: list[str]
     incomplete: list[str]
@@ -394,30 +384,42 @@ class Report:
         return [g.label(self.varying) for g in self.groups]
 
 
-def build_report(root: Path | str) -> Report:
+def build_report(root: Path | str, metric: str | None = None, study: str | None = None) -> Report:
+    """Read, choose the metric (``choose_metric``) and group the runs under ``root``."""
     root = Path(root)
     records = discover_runs(root)
     if not records:
         raise ReportError(f"{root}: no run directories (folders with a {RunDir.CONFIG}) found")
-    if not any(r.complete for r in records):
+    complete = [r for r in records if r.complete]
+    if not complete:
         raise ReportError(f"{root}: {len(records)} run directories, none complete (no {RunDir.SUMMARY})")
-    groups, varying = group_runs(records)
-    return Report(root=root, groups=groups, varying=varying, incomplete=[r.name for r in records if not r.complete],
-                  records=records)
+    metric, reason = choose_metric(metric, [r.ledger for r in complete])
+    groups, varying = group_runs(records, metric)
+    return Report(root=root, study=study or root.resolve().name, metric=metric, metric_reason=reason, groups=groups,
+                  varying=varying, incomplete=[r.name for r in records if not r.complete], records=records)
 
 
-def write_report(root: Path | str, out: Path | str | None = None, figures: bool = True,
-                 html: bool = True, tensorboard: bool = False) -> dict[str, Path]:
+def write_report(root: Path | str, out: Path | str | None = None, figures: bool = True, html: bool = True,
+                 tensorboard: bool = False, metric: str | None = None, study: str | None = None) -> dict[str, Path]:
     """Read the runs under ``root`` and write the tables, figures and page (and, with
-    ``tensorboard``, every ledger as TensorBoard scalars under ``tensorboard/``); returns the paths."""
-    report = build_report(root)
+    ``tensorboard``, every ledger as TensorBoard scalars under ``tensorboard/``); returns the paths.
+    ``metric``: one of ``stats.METRICS`` (default: ``choose_metric``'s); ``study``: the table's
+    ``study`` column (default: the folder's name)."""
+    return write_outputs(build_report(root, metric, study), out, figures, html, tensorboard)
+
+
+def write_outputs(report: Report, out: Path | str | None = None, figures: bool = True, html: bool = True,
+                  tensorboard: bool = False) -> dict[str, Path]:
+    """``write_report``'s files from a built ``report`` (default ``out``: RUNS_DIR/report)."""
+    from fedlr.results.tables import group_records, group_table, run_records, to_csv, to_markdown
+
     out = Path(out) if out is not None else report.root / REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
-    header, rows = group_table(report.groups, report.varying)
+    header, rows = group_table(report)
     files = {
         "runs_csv": ("runs.csv", to_csv(run_records(report.groups, report.varying))),
-        "table_csv": ("table.csv", to_csv(group_records(report.groups, report.varying))),
+        "table_csv": ("table.csv", to_csv(group_records(report))),
         "table_md": ("table.md", to_markdown(header, rows)),
     }
     for key, (name, text) in files.items():
