@@ -100,6 +100,9 @@ def test_runs_from_before_the_metrics_report_accuracy_only(tmp_path, capsys):
 def test_table_csv_columns_intervals_and_baselines_match_the_ledgers(study, capsys):
     assert main(["report", str(study), "--study", "privacy", "--out", str(study / "out")]) == 0
     assert "metric: balanced_accuracy (imbalanced test set" in capsys.readouterr().out
+    page = (study / "out" / "report.html").read_text()
+    assert "Metric: <b>balanced_accuracy</b> (imbalanced test set: its majority class is 87.0%" in page
+    assert page.count('src="data:image/png;base64,') == 3
     with (study / "out" / "table.csv").open() as f:
         header = next(csv.reader(f))
     assert header[:len(LEADING)] == LEADING and header[len(LEADING)] == "train.lr"  # the one other varying field
