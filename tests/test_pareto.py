@@ -5,7 +5,8 @@ import statistics
 
 import pytest
 
-from fedlr.results.pareto import dominates, mean_std, pareto_front
+from fedlr.results.pareto import dominates, pareto_front
+from fedlr.results.stats import mean_std
 
 
 def test_frontier_of_cost_accuracy_points():

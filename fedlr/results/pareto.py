@@ -1,4 +1,4 @@
-"""Pareto frontiers and mean ± std: the small pure math behind ``fedlr report``.
+"""Pareto frontiers: the best a report's groups buy for a given cost (``fedlr report``).
 
 A point *dominates* another if it is at least as good in every objective and strictly better in
 one (better = smaller for a ``"min"`` objective such as bytes or ε, larger for a ``"max"``
@@ -9,7 +9,6 @@ best accuracy one can buy for a given communication or privacy budget.
 from __future__ import annotations
 
 import math
-import statistics
 from typing import Sequence
 
 Sense = str  # "min" | "max"
@@ -51,17 +50,3 @@ def pareto_front(points: Sequence[Sequence[float | None]], senses: Sequence[Sens
         return tuple(v if s == "min" else -v for v, s in zip(points[i], senses))
 
     return sorted(front, key=lambda i: (order(i), i))
-
-
-def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None, int]:
-    """(mean, sample standard deviation, n) of the values that are not None.
-
-    The standard deviation is the sample one (n − 1 in the denominator), the usual error bar over
-    seeds; it is None for fewer than two values, and mean is None for none.
-    """
-    xs = [float(v) for v in values if v is not None]
-    if not xs:
-        return None, None, 0
-    if len(xs) == 1:
-        return xs[0], None, 1
-    return statistics.fmean(xs), statistics.stdev(xs), len(xs)

@@ -43,9 +43,8 @@ from typing import Any, Iterable
 from fedlr.errors import ConfigError
 from fedlr.config_paths import flatten
 from fedlr.results.ledger import LedgerError, LedgerRow
-from fedlr.results.pareto import mean_std
 from fedlr.results.rundir import RunDir
-from fedlr.results.stats import METRICS, Interval, interval, majority_baseline, majority_share
+from fedlr.results.stats import METRICS, Interval, interval, majority_baseline, majority_share, mean_std
 
 MIB = 2**20
 REPORT_DIR = "report"

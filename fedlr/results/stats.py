@@ -1,4 +1,5 @@
-"""Confidence intervals and the majority-class baseline: the small pure statistics behind the report.
+"""Mean ± std, confidence intervals and the majority-class baseline: the small pure statistics
+behind the report.
 
 **Over seeds** (n ≥ 2 runs that differ only in their seed, values x_1 … x_n of a metric): the
 95 % confidence interval of the mean by Student's t,
@@ -53,6 +54,20 @@ class Interval:
         if self.kind is None:
             return None
         return max(self.mean - self.low, self.high - self.mean)
+
+
+def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None, int]:
+    """(mean, sample standard deviation, n) of the values that are not None.
+
+    The standard deviation is the sample one (n − 1 in the denominator), the usual error bar over
+    seeds; it is None for fewer than two values, and mean is None for none.
+    """
+    xs = [float(v) for v in values if v is not None]
+    if not xs:
+        return None, None, 0
+    if len(xs) == 1:
+        return xs[0], None, 1
+    return statistics.fmean(xs), statistics.stdev(xs), len(xs)
 
 
 def t_half_width(values: Sequence[float], confidence: float = CONFIDENCE) -> float | None:

@@ -20,9 +20,8 @@ import io
 import statistics
 from typing import Any
 
-from fedlr.results.pareto import mean_std
 from fedlr.results.report import FIXED_FIELDS, RUN_STATS, Group, Report, fmt_value
-from fedlr.results.stats import Interval
+from fedlr.results.stats import Interval, mean_std
 
 # table.csv's leading columns that come from the config, by config field
 LEADING_FIELDS = {"data.dataset": "corpus", "method.name": "method", "privacy.target_epsilon": "epsilon",
