@@ -76,6 +76,10 @@ class ModelConfig(_Section):
         2**30, ge=0, description="bound of the frozen-prefix cache (fedlr.models.frozen_prefix) per worker "
         "process, in bytes: the hidden states entering the lowest adapted block, kept per example; least recently "
         "used evicted beyond it; 0 keeps none (recomputed every batch)")
+    prefix_cache_dir: str | None = Field(
+        None, description="also keep the frozen-prefix cache on disk in this folder, shared by every run and "
+        "process that names it (a sweep computes each example's frozen layers once); files named by the prefix's "
+        "weights, the boundary block and the token ids; not bounded (delete the folder to reclaim it)")
     max_length: int = Field(64, ge=8, le=4096, description="tokens per example")
 
 

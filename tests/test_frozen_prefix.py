@@ -274,3 +274,50 @@ def test_fused_clients_through_the_cache_equal_fused_clients_without_it(method):
         assert any(not torch.equal(want[k], state[k]) for k in state)
         assert all(close(want[k], got[k]) for k in state)
     assert cache.misses >= 1
+
+
+def _disk_cached(exp, folder):
+    adapted = build_adapted_model(exp, 2)
+    cache = FrozenPrefixCache(adapted.model, 1, max_bytes=2**30, folder=folder)
+    adapted.model.eval()
+    return adapted, cache
+
+
+def test_disk_cache_is_shared_between_processes_and_exact(tmp_path):
+    exp = exp_for(layers=[1])
+    batch = examples().batch(list(range(8)))
+    in_memory, _ = _disk_cached(exp, None)  # the memory-only cache (equal to the uncached path: tests above)
+    want = in_memory.model(**batch).logits
+    first, a = _disk_cached(exp, tmp_path)
+    got_first = first.model(**batch).logits
+    assert (a.misses, a.disk_hits) == (8, 0) and len(list(tmp_path.rglob("*.pt"))) == 8
+    second, b = _disk_cached(exp, tmp_path)  # a new process: empty memory, same folder
+    got_second = second.model(**batch).logits
+    assert (b.misses, b.disk_hits) == (0, 8)
+    assert torch.equal(got_second, got_first) and torch.equal(got_second, want)
+
+
+def test_disk_cache_is_keyed_by_the_prefix_weights(tmp_path):
+    exp = exp_for(layers=[1])
+    batch = examples().batch(list(range(4)))
+    first, a = _disk_cached(exp, tmp_path)
+    first.model(**batch)
+    other, b = _disk_cached(exp, tmp_path)
+    with torch.no_grad():
+        next(other.model.parameters()).add_(0.5)  # the embeddings: another base model
+    other.model(**batch)
+    assert (b.misses, b.disk_hits) == (4, 0) and len(list(tmp_path.rglob("*.pt"))) == 8
+
+
+def test_unreadable_disk_file_is_recomputed_and_rewritten(tmp_path):
+    exp = exp_for(layers=[1])
+    batch = examples().batch(list(range(3)))
+    first, _ = _disk_cached(exp, tmp_path)
+    want = first.model(**batch).logits
+    for f in tmp_path.rglob("*.pt"):
+        f.write_bytes(b"torn")
+    again, c = _disk_cached(exp, tmp_path)
+    assert torch.equal(again.model(**batch).logits, want) and (c.misses, c.disk_hits) == (3, 0)
+    third, d = _disk_cached(exp, tmp_path)
+    third.model(**batch)
+    assert (d.misses, d.disk_hits) == (0, 3) and not list(tmp_path.rglob("*.tmp"))

@@ -18,6 +18,15 @@ gradients and updates equal the uncached model whose prefix runs in eval mode, t
 (tests/test_frozen_prefix.py), with or without DP-SGD (Opacus's per-sample gradients live in the
 trained blocks ≥ L, which run on the cached input exactly as on the computed one).
 
+**On disk** (``model.prefix_cache_dir``): h_L is also written to one file per example in a folder
+that every process and every run pointing at it shares — a sweep's runs, its clients' workers and
+the server's evaluation compute each example's prefix once for the whole study. A file's name is
+the SHA-256 of the prefix's weights (every parameter and buffer of the embeddings and blocks < L,
+with names, shapes and dtypes), L and the example's token ids, so different weights, another
+boundary or another tokenizer never find it. Files are written whole (a temporary file, then a
+rename); one that cannot be read is recomputed and rewritten. The folder is not bounded: it grows
+by (tokens × hidden size × 4 bytes) per distinct example; delete it to reclaim the space.
+
 Positions past an example's real tokens are filled with zeros on a cache hit: keys there are
 masked, so no real position depends on them (BERT's first-token pooling, Llama's last-token
 pooling). The causal-LM task is refused: generation decodes incrementally (a key/value cache,
@@ -26,7 +35,11 @@ positions past the prompt), which a per-example cache of whole prompts does not 
 
 from __future__ import annotations
 
+import hashlib
+import os
+import tempfile
 from collections import OrderedDict
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -78,18 +91,20 @@ def attach_prefix_cache(exp, adapted) -> FrozenPrefixCache | None:
     boundary, _ = prefix_boundary(exp, adapted)
     if boundary is None:
         return None
-    return FrozenPrefixCache(adapted.model, boundary, exp.model.prefix_cache_bytes)
+    return FrozenPrefixCache(adapted.model, boundary, exp.model.prefix_cache_bytes, exp.model.prefix_cache_dir)
 
 
 class FrozenPrefixCache:
     """Hooks on ``model`` that serve blocks ≥ ``boundary`` from stored h_L (module docstring);
     ``detach()`` restores the model."""
 
-    def __init__(self, model: nn.Module, boundary: int, max_bytes: int):
+    def __init__(self, model: nn.Module, boundary: int, max_bytes: int, folder: str | Path | None = None):
         stack_path, stack = block_stack(model)
         self.boundary, self.max_bytes = boundary, max_bytes
         self.lower = list(stack[:boundary])
         self.prefix = modules_before_stack(model, stack_path) + self.lower  # eval mode under the cache
+        self.disk = None if folder is None else DiskStore(folder, self.prefix, boundary)
+        self.disk_hits = 0
         self.store: OrderedDict[bytes, torch.Tensor] = OrderedDict()
         self.bytes = 0
         self.hits = self.misses = 0
@@ -141,10 +156,16 @@ class FrozenPrefixCache:
         rows = []
         for ids, key in zip(self._ids, self._keys):
             row = self.store.get(key)
-            if row is None:
+            if row is None and self.disk is not None and (row := self.disk.get(key)) is not None:
+                self.disk_hits += 1
+                row = row.to(hidden.device)
+                self._put(key, row)
+            elif row is None:
                 self.misses += 1
                 row = self._compute(ids, hidden.device)
                 self._put(key, row)
+                if self.disk is not None:
+                    self.disk.put(key, row)
             else:
                 self.hits += 1
                 self.store.move_to_end(key)
@@ -174,6 +195,50 @@ class FrozenPrefixCache:
         while self.bytes > self.max_bytes:
             _, old = self.store.popitem(last=False)
             self.bytes -= old.numel() * old.element_size()
+
+
+class DiskStore:
+    """h_L per example in ``folder``, named by the prefix's weights, L and the token ids (module
+    docstring); shared by every process that uses the same folder."""
+
+    def __init__(self, folder: str | Path, prefix: list[nn.Module], boundary: int):
+        self.folder = Path(folder).expanduser()
+        self._prefix, self._boundary = prefix, boundary
+        self._tag: bytes | None = None
+
+    def tag(self) -> bytes:
+        """SHA-256 of the prefix's weights and L (computed once, at the first lookup: the weights
+        are frozen)."""
+        if self._tag is None:
+            h = hashlib.sha256(f"boundary {self._boundary}".encode())
+            for i, module in enumerate(self._prefix):
+                for name, t in list(module.named_parameters()) + list(module.named_buffers()):
+                    h.update(f"{i}.{name} {t.dtype} {tuple(t.shape)}".encode())
+                    h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            self._tag = h.digest()
+        return self._tag
+
+    def path(self, key: bytes) -> Path:
+        name = hashlib.sha256(self.tag() + key).hexdigest()
+        return self.folder / name[:2] / f"{name}.pt"
+
+    def get(self, key: bytes) -> torch.Tensor | None:
+        try:
+            return torch.load(self.path(key), weights_only=True)
+        except Exception:  # absent, or unreadable: computed and (re)written by the caller
+            return None
+
+    def put(self, key: bytes, value: torch.Tensor) -> None:
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(value.detach().cpu().clone(), f)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 class _Computed(Exception):  # noqa: N818 - a result, not an error: ends ``_compute``'s forward at block L
