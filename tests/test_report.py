@@ -327,3 +327,13 @@ def test_a_run_prints_each_warning_once(tmp_path, tiny_path):
                 else f"round {rnd}: rejected update from partition {pid}")
         assert out.count(said) == 1, (said, out)
     assert run.summary()["wall_time_s"] == ledger[-1].wall_time_s
+
+
+def test_the_prefix_cache_knobs_do_not_split_groups():
+    from fedlr.results.report import group_key
+
+    plain = {"method": {"name": "fedit"}, "seed": 0}
+    on_disk = {"method": {"name": "fedit"}, "seed": 1, "model": {"prefix_cache_dir": "runs/prefix-cache",
+                                                                 "prefix_cache_bytes": 0}}
+    other_rank = {"method": {"name": "fedit", "rank": 2}, "seed": 0}
+    assert group_key(plain) == group_key(on_disk) != group_key(other_rank)
