@@ -83,6 +83,11 @@ class ModelConfig(_Section):
     max_length: int = Field(64, ge=8, le=4096, description="tokens per example")
 
 
+# Fields that change where or how fast a run is computed, never one of its numbers (the frozen-prefix
+# cache is exact: tests/test_frozen_prefix.py): reports group across them and sweeps keep complete runs.
+RESULT_NEUTRAL_FIELDS = ("model.prefix_cache_bytes", "model.prefix_cache_dir")
+
+
 class DataConfig(_Section):
     dataset: str = Field(
         "rotten_tomatoes",

@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterable
 
 from pydantic import BaseModel
 
-from fedlr.config import ConfigError, Experiment, apply_overrides, experiment_from_dict, read_toml, to_toml
+from fedlr.config import RESULT_NEUTRAL_FIELDS, ConfigError, Experiment, apply_overrides, experiment_from_dict, read_toml, to_toml
 from fedlr.config_paths import flatten, set_dotted
 from fedlr.results.console import Console, format_duration
 from fedlr.results.rundir import RunDir
@@ -277,12 +277,13 @@ def _as_stored(exp: Experiment) -> dict[str, Any]:
 def config_differences(stored: dict, exp: Experiment) -> list[str]:
     """Dotted fields where a stored run's config (parsed config.toml) differs from ``exp``.
     A field the stored config lacks counts only if ``exp`` sets it off its default, so runs made
-    before a config section existed still match experiments that leave that section alone."""
+    before a config section existed still match experiments that leave that section alone.
+    ``RESULT_NEUTRAL_FIELDS`` (where a run keeps its caches) never count."""
     have, want = flatten(stored), _as_stored(exp)
     defaults = _as_stored(Experiment())
     diffs = []
     for key in sorted(have.keys() | want.keys()):
-        if have.get(key) == want.get(key):
+        if have.get(key) == want.get(key) or key in RESULT_NEUTRAL_FIELDS:
             continue
         if key not in have and want.get(key) == defaults.get(key):
             continue

@@ -393,6 +393,15 @@ def test_a_complete_run_from_another_config_is_not_silently_reused(tmp_path):
         execute_sweep(changed, FakeSimulation(), console=Console(quiet=True), check=lambda e: 2)
 
 
+def test_a_complete_run_is_kept_when_only_where_its_caches_live_changed(tmp_path):
+    data = tiny_data(tmp_path, {"seed": [0]})
+    execute_sweep(build_sweep(data, "s"), FakeSimulation(), console=Console(quiet=True), check=lambda e: 2)
+    data.setdefault("model", {}).update(prefix_cache_dir=str(tmp_path / "cache"), prefix_cache_bytes=0)
+    fake = FakeSimulation()
+    execute_sweep(build_sweep(data, "s"), fake, console=Console(quiet=True), check=lambda e: 2)
+    assert fake.calls == []  # the complete run counts: no number depends on those fields
+
+
 def test_config_differences_ignore_sections_added_later_at_their_defaults(tmp_path):
     from fedlr.config import to_toml
     from fedlr.sweep import config_differences

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from fedlr.config import RESULT_NEUTRAL_FIELDS
 from fedlr.errors import ConfigError
 from fedlr.config_paths import flatten
 from fedlr.results.ledger import LedgerError, LedgerRow
@@ -49,8 +50,7 @@ from fedlr.results.stats import METRICS, Interval, interval, majority_baseline, 
 MIB = 2**20
 REPORT_DIR = "report"
 # Fields that never distinguish groups: the seed is what a group averages over; output is where.
-# The frozen-prefix cache's knobs change where h_L is kept, never a number (tests/test_frozen_prefix.py).
-NOT_A_PARAMETER = ("seed", "model.prefix_cache_bytes", "model.prefix_cache_dir")
+NOT_A_PARAMETER = ("seed", *RESULT_NEUTRAL_FIELDS)
 NOT_A_PARAMETER_SECTIONS = ("output",)
 # The columns the human table (and a group's label) always has, by config field.
 FIXED_FIELDS = {"method.name": "method", "method.rank": "rank", "compression.codec": "codec"}
