@@ -2,10 +2,12 @@
 
 Protocol (all message contents are RecordDicts):
 - ``query``: {"config": {"experiment": JSON}} → the client stores the experiment in its
-  persistent state and replies its partition id. Sent once to every node before round 1.
+  persistent state and replies its partition id (and, on its own data under DP, its number of
+  training examples n_k). Sent once to every node before round 1.
 - ``train.sb_init``: Fed-SB's federated init; reply {"grads": summed target-weight gradients}.
 - ``train``: {"arrays": global trained tensors, "once"?: frozen tensors sent on first
-  participation, "config": {server-round}} → reply {"arrays": update Δ, "metrics": {...}} (empty
+  participation, "config": {server-round, "privacy-plan"?: the client's part of the privacy plan,
+  under client-owned data}} → reply {"arrays": update Δ, "metrics": {...}} (empty
   under ``federation.weighting = "uniform"``: nothing but the update).
 - ``train.fused`` (simulation, ``federation.fused_clients``): as ``train`` for the group of
   partition ids in its config → reply {"arrays-<pid>": Δ, "metrics-<pid>": {...}} per client.
@@ -23,6 +25,7 @@ round k. Injected faults (``[faults]``, ``fedlr.faults``) act here, before any w
 
 from __future__ import annotations
 
+import json
 import logging
 
 import torch
@@ -30,15 +33,17 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedlr.config import experiment_from_json
+from fedlr.data import FederatedData
 from fedlr.deploy.node_config import client_file, data_mismatch, experiment_mismatch
 from fedlr.faults import fault_for, garbage, inject
 from fedlr.privacy.accountant import StepAccountant
+from fedlr.privacy.planning import PrivacyPlan
 from fedlr.compression.base import canonical_keys
 from fedlr.compression.pipeline import apply_broadcast, cached_reference, encode_update, remember_broadcast
 from fedlr.run import client_snapshots
 from fedlr.run.records import (BASE_ROUND_KEY, BROADCAST_KEY, EXPERIMENT_KEY, FUSED_KEY, KEEP_FROM_KEY, NOT_ENROLLED,
-                               PARTITION_KEY, RESUME_ROUND_KEY, STATE_DIR_KEY, from_record, fused_key, payload_record,
-                               record_payload, to_record)
+                               PARTITION_KEY, PRIVACY_PLAN_KEY, RESUME_ROUND_KEY, STATE_DIR_KEY, TRAIN_EXAMPLES_KEY,
+                               from_record, fused_key, payload_record, record_payload, to_record)
 from fedlr.seeding import torch_generator
 from fedlr.workbench import get_workbench
 
@@ -88,14 +93,17 @@ def enroll(msg: Message, context: Context) -> Message:
     exp = experiment_from_json(query[EXPERIMENT_KEY])
     if (problem := data_mismatch(context.node_config, exp)) is not None:
         raise RuntimeError(f"partition {_partition_id(context)}: {problem}")
+    reply = {PARTITION_KEY: _partition_id(context)}
     if (own := client_file(context.node_config)) is not None:
-        own.load(exp)  # a missing column or a label data.labels does not name fails here, before round 1
+        data = FederatedData(exp, own=own)  # a missing column or a label data.labels does not name fails here
+        if exp.privacy.enabled:  # the server plans σ and ε from every client's n_k (docs/deployment.md)
+            reply[TRAIN_EXAMPLES_KEY] = len(data.client_rows(_partition_id(context))[0])
     context.state[STATE_CONFIG] = ConfigRecord(mine)
     resume_round = int(query.get(RESUME_ROUND_KEY, -1))
     if resume_round >= 0 and state_dir:
         client_snapshots.restore(state_dir, _partition_id(context), resume_round, context.state, STATE_ACCOUNTANT,
                                  keep_newest_accountant=exp.privacy.noise_source == "secure")
-    return Message(RecordDict({"metrics": MetricRecord({PARTITION_KEY: _partition_id(context)})}), reply_to=msg)
+    return Message(RecordDict({"metrics": MetricRecord(reply)}), reply_to=msg)
 
 
 @app.train("sb_init")
@@ -121,6 +129,8 @@ def train(msg: Message, context: Context) -> Message:
         inject(fault, exp, server_round, _partition_id(context))
     once = from_record(context.state[STATE_ONCE]) if STATE_ONCE in context.state else {}
     bench = _workbench(exp, context)
+    if PRIVACY_PLAN_KEY in msg.content["config"]:  # client-owned data: the plan the server made from every n_k
+        bench.privacy = PrivacyPlan(**json.loads(msg.content["config"][PRIVACY_PLAN_KEY]))
     accountant = None
     if bench.privacy_mode.client_accountant:
         accountant = load_accountant(context, bench.privacy.accountant)

@@ -409,10 +409,6 @@ class Experiment(_Section):
         if self.evaluation.central and self.data.test_file is None:
             raise ValueError(f"data.test_file: with data.dataset = '{CLIENT_FILES}' the server holds no client data; "
                              "give it its own test file for central evaluation, or set evaluation.central = false")
-        if self.privacy.enabled:
-            raise ValueError(f"privacy.mode {self.privacy.mode!r} with data.dataset = '{CLIENT_FILES}': the privacy "
-                             "plan needs every client's dataset size before round 1, which the server does not hold; "
-                             "not supported yet (use partitioned data for DP runs)")
         return self
 
     @model_validator(mode="after")

@@ -53,9 +53,15 @@ class Workbench:
 
     @cached_property
     def privacy(self) -> PrivacyPlan | None:
-        """σ and the ε plan, from the config and the clients' sizes (same in every process)."""
+        """σ and the ε plan, from the config and the clients' sizes (same in every process). Under
+        client-owned data no process holds those sizes: the server plans from the sizes the clients
+        report at enrollment and sends each client its part (``PrivacyPlan.seen_by``), which the
+        ClientApp assigns here before the client trains."""
         if not self.exp.privacy.enabled:
             return None
+        if self.exp.data.client_files:
+            raise RuntimeError("data.dataset = 'client-files': the privacy plan comes from the clients' sizes "
+                               "reported at enrollment, not from this process's data")
         sizes = [len(self.data.client_rows(pid)[0]) for pid in range(self.exp.federation.num_clients)]
         return plan_privacy(self.exp, sizes)
 

@@ -23,6 +23,7 @@ server's accountant composes one release per round).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -38,9 +39,9 @@ from fedlr.config import Experiment
 from fedlr.methods import MethodSpec, fed_sb, get_method
 from fedlr.metrics import EVAL_METRICS, metric_values
 from fedlr.privacy.modes import PrivacyMode, privacy_mode
-from fedlr.privacy.planning import PrivacyPlan
+from fedlr.privacy.planning import PrivacyPlan, plan_privacy
 from fedlr.results.ledger import LedgerRow
-from fedlr.run.records import from_record, record_payload, to_record
+from fedlr.run.records import PRIVACY_PLAN_KEY, from_record, record_payload, to_record
 from fedlr.sampling import sample_clients
 from fedlr.strategies.client_epsilon import client_epsilons
 from fedlr.strategies.collector import WEIGHT_KEY, Collected, ReplyCollector, ReplyPolicy, served_partitions
@@ -82,6 +83,8 @@ class FedLRStrategy(FedAvg):
         self.server: ServerState | None = resume  # a fresh one from ``start``'s initial arrays otherwise
         self.downlink = Downlink(exp, self.spec)
         self.node_of: dict[int, int] = {}  # partition id -> Flower node id, from enrollment
+        # partition id -> n_k as reported at enrollment: the privacy plan's sizes under client-owned data
+        self.train_sizes: dict[int, int] | None = {} if exp.data.client_files and exp.privacy.enabled else None
         self.sent_to: dict[str, list[int]] = {}  # message id -> partition ids it serves, for the last exchange
         self.row: LedgerRow | None = None  # the round in progress
 
@@ -94,9 +97,15 @@ class FedLRStrategy(FedAvg):
 
     @property
     def privacy(self) -> PrivacyPlan | None:
-        """The run's privacy plan (None without DP)."""
+        """The run's privacy plan (None without DP): from the clients' sizes as the workbench derives
+        them, or under client-owned data as the clients reported them at enrollment."""
         if self._privacy is None and self.exp.privacy.enabled:
-            self._privacy = self.workbench.privacy
+            if self.train_sizes is None:
+                self._privacy = self.workbench.privacy
+            else:
+                if len(self.train_sizes) != self.exp.federation.num_clients:
+                    raise RuntimeError("the privacy plan of client-owned data needs every client's size: enroll first")
+                self._privacy = plan_privacy(self.exp, [self.train_sizes[p] for p in sorted(self.train_sizes)])
         return self._privacy
 
     @property
@@ -171,6 +180,11 @@ class FedLRStrategy(FedAvg):
         self.row.clients_sampled = pids
         messages, sent = self.downlink.messages(server_round, pids, self.node_of, self.server, arrays)
         self.row.downlink_bytes += sent
+        if self.train_sizes is not None:  # each client gets its part of the plan (PrivacyPlan.seen_by)
+            partition_of = {node: pid for pid, node in self.node_of.items()}
+            for message in messages:
+                pid = partition_of[message.metadata.dst_node_id]
+                message.content["config"][PRIVACY_PLAN_KEY] = json.dumps(self.privacy.seen_by(pid).to_dict())
         return messages
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
@@ -272,12 +286,12 @@ class FedLRStrategy(FedAvg):
         if num_rounds != self.exp.federation.num_rounds:
             raise ValueError(f"num_rounds = {num_rounds}, but the experiment the clients receive (and the privacy "
                              f"plan) has federation.num_rounds = {self.exp.federation.num_rounds}")
+        enroll(self, grid)  # first: under client-owned data the privacy plan needs the sizes it collects
         if not self.resumed:
             self.server = self.fresh_state(from_record(initial_arrays))
         server = self.server
         wall_offset = server.wall_time_s
         result = Result()
-        enroll(self, grid)
         stale: set[int] = set()  # partitions whose node lost the experiment: enrolled again next round
         seen = set(grid.get_node_ids())  # the nodes connected at the last look
         for server_round in range(server.round + 1, num_rounds + 1):

@@ -2,7 +2,8 @@
 
 Two nodes claiming one partition id would train on the same data while another partition never
 trains (one of them would silently idle): that is refused, naming both nodes; so is a partition id
-outside 0..N−1.
+outside 0..N−1. Under client-owned data with DP each client also reports its number of training
+examples n_k, from which the server plans σ and ε (``FedLRStrategy.privacy``).
 
 Rejoining (``rejoin``, before every round is sampled): a SuperNode that comes back after a
 restart is enrolled again — a new node id (no SuperNode authentication) as soon as it is connected,
@@ -21,7 +22,8 @@ from typing import TYPE_CHECKING, Iterable
 from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from fedlr.run.records import NOT_ENROLLED, PARTITION_KEY, RESUME_ROUND_KEY, STATE_DIR_KEY, experiment_config
+from fedlr.run.records import (NOT_ENROLLED, PARTITION_KEY, RESUME_ROUND_KEY, STATE_DIR_KEY, TRAIN_EXAMPLES_KEY,
+                               experiment_config)
 
 if TYPE_CHECKING:
     from fedlr.strategies.base import FedLRStrategy
@@ -34,14 +36,18 @@ class EnrollmentError(RuntimeError):
     """The clients that answered cannot make up the federation (a partition claimed twice or by nobody)."""
 
 
-def partitions_of(replies: Iterable[Message], node_of: dict[int, int], num_clients: int) -> None:
+def partitions_of(replies: Iterable[Message], node_of: dict[int, int], num_clients: int,
+                  sizes: dict[int, int] | None = None) -> None:
     """Add each enrollment reply's (partition id -> node id) to ``node_of``; a partition id out of
-    range, or one that two nodes report, is refused, naming the nodes."""
+    range, or one that two nodes report, is refused, naming the nodes. ``sizes``: also collect each
+    client's reported number of training examples n_k (client-owned data under DP)."""
     for reply in replies:
         if reply.has_error():
             raise EnrollmentError(f"client enrollment failed: {reply.error.reason}")
         pid = int(reply.content["metrics"][PARTITION_KEY])
         node = reply.metadata.src_node_id
+        if sizes is not None:
+            sizes[pid] = reported_size(reply, node)
         if not 0 <= pid < num_clients:
             raise EnrollmentError(f"node {node} reports partition-id {pid}, outside 0..{num_clients - 1} "
                                   f"(federation.num_clients = {num_clients})")
@@ -50,6 +56,14 @@ def partitions_of(replies: Iterable[Message], node_of: dict[int, int], num_clien
                 f"nodes {node_of[pid]} and {node} both report partition-id {pid}: each client needs its own "
                 f"partition (start every SuperNode with a different --node-config 'partition-id=N')")
         node_of[pid] = node
+
+
+def reported_size(reply: Message, node: int) -> int:
+    """The n_k an enrollment reply reports (client-owned data under DP)."""
+    if TRAIN_EXAMPLES_KEY not in reply.content["metrics"]:
+        raise EnrollmentError(f"node {node} did not report its number of training examples, which the privacy plan "
+                              "of client-owned data needs (a SuperNode of an older fedlr?)")
+    return int(reply.content["metrics"][TRAIN_EXAMPLES_KEY])
 
 
 def _query(strategy: "FedLRStrategy", resume_round: int) -> RecordDict:
@@ -94,6 +108,10 @@ def rejoin(strategy: "FedLRStrategy", grid: Grid, stale: set[int], seen: set[int
         if not 0 <= pid < strategy.exp.federation.num_clients or (holder != node and holder in connected):
             log.warning("node %d claims partition-id %d, which node %s serves: left out", node, pid, holder)
             continue
+        if strategy.train_sizes is not None and (n := reported_size(reply, node)) != strategy.train_sizes[pid]:
+            log.warning("node %d rejoins as partition %d with %d training examples, the privacy plan has %d: left out",
+                        node, pid, n, strategy.train_sizes[pid])
+            continue
         strategy.node_of[pid] = node
         rejoined.append(pid)
     return sorted(rejoined)
@@ -115,7 +133,8 @@ def enroll(strategy: "FedLRStrategy", grid: Grid) -> None:
     for start in range(0, len(node_ids), ENROLL_BATCH):
         batch = node_ids[start:start + ENROLL_BATCH]
         msgs = [Message(content, dst_node_id=n, message_type=MessageType.QUERY) for n in batch]
-        partitions_of(grid.send_and_receive(msgs, timeout=exp.federation.enroll_timeout_s), strategy.node_of, want)
+        partitions_of(grid.send_and_receive(msgs, timeout=exp.federation.enroll_timeout_s), strategy.node_of, want,
+                      strategy.train_sizes)
     missing = sorted(set(range(want)) - set(strategy.node_of))
     if missing:
         raise EnrollmentError(f"no client reported partition ids {missing}")

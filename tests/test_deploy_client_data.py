@@ -55,3 +55,41 @@ def test_two_supernodes_train_on_their_own_files(tmp_path):
     summary = json.loads((res.run_dir / "summary.json").read_text())
     assert summary["test_examples"] == 3 and summary["majority_rate"] is None
     assert json.loads((res.run_dir / "model" / "config.json").read_text())["id2label"] == {"0": "neg", "1": "pos"}
+
+
+def test_dp_on_own_files_plans_from_the_sizes_reported_at_enrollment(tmp_path):
+    """privacy.mode 'sample' on client-owned data (issue 21.1): no process can derive the clients'
+    sizes, so each SuperNode reports its n_k at enrollment and the server calibrates σ from them.
+    Both files' row counts are known here (val_fraction 0: every row trains), and the run's σ and ε
+    are those of the plan computed from exactly these sizes: each client's own ε from its own
+    q_k = B / n_k, the federation's the larger (the smaller client's)."""
+    from fedlr.privacy.planning import epsilon_of_client, plan_privacy
+
+    mixed = [(t, "pos") for t in POS] + [(t, "neg") for t in NEG]
+    alice = _write(tmp_path / "alice.csv", "text,label", mixed * 2)  # 24 rows
+    bob = _write(tmp_path / "bob.csv", "text,label", mixed[3:9] * 2)  # 12 rows
+    exp = load_experiment(TINY, ["data.dataset='client-files'", "data.labels=['neg', 'pos']", "data.val_fraction=0",
+                                 "evaluation.central=false", "evaluation.client_side=false", "method.name='fedit'", "federation.num_clients=2",
+                                 "federation.clients_per_round=2", "federation.round_timeout_s=300",
+                                 "federation.enroll_timeout_s=300", 'privacy.mode="sample"',
+                                 "privacy.target_epsilon=8.0", "privacy.delta=1e-3", 'privacy.noise_source="secure"',
+                                 f"output.dir='{tmp_path}'", "output.quiet=true"])
+    plan = plan_privacy(exp, [24, 12])
+    with LocalDeployment(tmp_path / "federation") as fed:
+        fed.start_superlink()
+        fed.start_supernode("alice", 0, 2, extra=["--data", str(alice)])
+        fed.start_supernode("bob", 1, 2, extra=["--data", str(bob)])
+        lines: list[str] = []
+        res = fed.submit(exp, tmp_path / "run", run_name="own-data-dp", echo=lines.append)
+        logs = {name: fed.tree.log(name)[-3000:] for name in ("alice", "bob", "superlink")}
+    assert res.status == "finished:completed", ("\n".join(lines[-60:]), logs)
+    rows = RunDir(res.run_dir).ledger()
+    assert [r.round for r in rows] == [0, 1, 2] and all(r.clients_replied == 2 for r in rows[1:])
+    summary = json.loads((res.run_dir / "summary.json").read_text())
+    assert summary["noise_multiplier"] == pytest.approx(plan.noise_multiplier, rel=1e-12)
+    assert plan.sample_rates == [8 / 24, 8 / 12]  # batch_size / n_k
+    want = {str(pid): epsilon_of_client(exp, n, plan.noise_multiplier, 2) for pid, n in enumerate([24, 12])}
+    assert rows[-1].client_epsilon == pytest.approx(want, rel=1e-6)  # each reported by its own accountant
+    assert want["1"] > want["0"]  # the smaller client spends more: its q is larger
+    assert rows[-1].epsilon == summary["epsilon"] == pytest.approx(plan.epsilon, rel=1e-6) == max(want.values())
+    assert summary["epsilon"] <= 8.0

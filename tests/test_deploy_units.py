@@ -410,9 +410,28 @@ def test_client_files_config_is_checked(tiny_path, tmp_path):
             load_experiment(tiny_path, overrides)
     assert load_experiment(tiny_path, ["data.dataset='client-files'", "data.labels=['a', 'b']",
                                        "evaluation.central=false"]).data.test_file is None
-    with pytest.raises(ConfigError, match="needs every client's dataset size"):
-        _client_files_experiment(tiny_path, tmp_path, "privacy.mode='client_central'", "method.name='fedit'",
-                                 "privacy.noise_multiplier=1.0")
+    # DP is planned from the sizes the clients report at enrollment (tests/test_deploy_client_data.py)
+    assert _client_files_experiment(tiny_path, tmp_path, "privacy.mode='client_central'", "method.name='fedit'",
+                                    "privacy.noise_multiplier=1.0").privacy.enabled
+
+
+def test_a_client_receives_its_part_of_the_privacy_plan_only(tiny_path):
+    """Under client-owned data the server sends each client the plan it trains under
+    (``PrivacyPlan.seen_by``): its own σ_k and q_k, nothing of another client's size."""
+    import math
+
+    from fedlr.privacy.planning import epsilon_of_client, plan_privacy
+
+    exp = load_experiment(tiny_path, ["method.name='fedit'", "privacy.mode='sample'", "privacy.target_epsilon=8.0",
+                                      "privacy.delta=1e-3", "privacy.calibration='per_client'"])
+    plan = plan_privacy(exp, [40, 10, 25, 60])
+    view = plan.seen_by(1)
+    assert view.client_noise(1) == plan.client_noise(1) and view.sample_rates == [0.0, plan.sample_rates[1], 0.0, 0.0]
+    assert view.client_noise_multipliers == [None, plan.client_noise_multipliers[1], None, None]
+    assert view.client_epsilon_planned == [0.0, plan.client_epsilon_planned[1], 0.0, 0.0]
+    assert view.smallest_client is None and view.warnings == [] and math.isnan(view.epsilon)
+    assert view.round_refusal(1, 0) == plan.round_refusal(1, 0) and view.client_rounds == plan.client_rounds
+    assert plan.client_epsilon_planned[1] == epsilon_of_client(exp, 10, plan.client_noise(1), plan.client_rounds[1])
 
 
 def test_a_client_sees_its_own_file_and_the_server_only_its_test_file(tiny_path, tmp_path):

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
 from fedlr.config import Experiment
@@ -68,6 +68,20 @@ class PrivacyPlan:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def seen_by(self, partition_id: int) -> "PrivacyPlan":
+        """The plan as client ``partition_id`` receives it under client-owned data (``fedlr deploy``
+        with ``data.dataset = 'client-files'``): everything its own mechanism and accountant use —
+        σ (its σ_k), its q_k, the seeded schedule (public: from the seed) — and nothing that
+        describes another client: their rates, σ_j and planned ε_j are zeroed, the smallest size,
+        the warnings and the federation's planned ε (a max over clients) dropped."""
+        def own(values, other):
+            return None if values is None else [v if i == partition_id else other for i, v in enumerate(values)]
+
+        return replace(self, sample_rates=own(self.sample_rates, 0.0), smallest_client=None, warnings=[],
+                       epsilon=math.nan, epsilon_seeded_schedule=math.nan,
+                       client_noise_multipliers=own(self.client_noise_multipliers, None),
+                       client_epsilon_planned=own(self.client_epsilon_planned, 0.0))
 
     def client_noise(self, partition_id: int) -> float:
         """σ of client ``partition_id``'s mechanism: its own under per-client calibration."""

@@ -46,7 +46,7 @@ def run_server(grid: Grid, exp: Experiment, run_dir: RunDir, console: Console, r
 
     resumed = ServerState.from_state(saved[1], exp.fingerprint()) if saved is not None else None
     strategy = strategy_class(adapted.spec).from_experiment(
-        exp, privacy=bench.privacy, on_round=on_round, checkpoint=save_checkpoint if exp.output.checkpoint else None,
+        exp, on_round=on_round, checkpoint=save_checkpoint if exp.output.checkpoint else None,
         client_state_dir=client_state_dir, resume=resumed,
     )
     console.start(exp)
@@ -79,7 +79,7 @@ def run_server(grid: Grid, exp: Experiment, run_dir: RunDir, console: Console, r
         "failed_client_rounds": sum(r.clients_failed for r in rows),
         "rejected_updates": sum(r.clients_rejected for r in rows),
         "wall_time_s": last.wall_time_s, "run_dir": str(run_dir.path),  # the ledger's clock, over every session
-        **privacy_summary(exp, bench.privacy, last), "rounds_aggregated": aggregated,
+        **privacy_summary(exp, strategy.privacy, last), "rounds_aggregated": aggregated,
     }
     if not aggregated:
         summary["error"] = (f"no round aggregated: in all {exp.federation.num_rounds} rounds fewer than "
