@@ -70,3 +70,37 @@ def test_one_seed_gets_wilson_for_accuracy_and_no_interval_otherwise():
     assert interval([0.872], "accuracy").kind is None  # test-set size unknown (runs from before it was recorded)
     assert interval([None, 0.5, None], "accuracy", 100).n == 1
     assert interval([None], "accuracy").mean is None
+
+
+def test_paired_difference_is_scipys_paired_t_interval():
+    from fedlr.results.stats import paired_difference
+
+    rng = np.random.default_rng(3)
+    for n in (2, 3, 5):
+        seeds = list(range(n))
+        y = rng.normal(0.7, 0.05, n)
+        x = y + rng.normal(0.02, 0.01, n)  # the shared seed-to-seed spread cancels in x - y
+        got = paired_difference(dict(zip(seeds, x)), {**dict(zip(seeds, y)), 99: 0.0})  # seed 99: unpaired
+        d = x - y
+        low, high = scipy.stats.t.interval(0.95, n - 1, loc=d.mean(), scale=scipy.stats.sem(d))
+        assert got.n == n and got.kind == "t"
+        assert math.isclose(got.mean, d.mean()) and math.isclose(got.low, low) and math.isclose(got.high, high)
+    one = paired_difference({0: 0.8}, {0: 0.7, 1: 0.6})
+    assert one.n == 1 and one.kind is None and math.isclose(one.mean, 0.1)
+
+
+def test_paired_differences_script_prints_each_group_against_the_reference(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "scripts" / "paired_differences.py"
+    spec = importlib.util.spec_from_file_location("paired_differences", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    runs = tmp_path / "runs.csv"
+    runs.write_text("codec,seed,final_accuracy\nnone,0,0.70\nnone,1,0.60\ntopk,0,0.65\ntopk,1,0.56\n")
+    assert script.main([str(runs), "final_accuracy", "codec", "none"]) == 0
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| topk")][0]
+    assert "| 2 | -0.045 |" in row
+    assert script.main([str(runs), "final_accuracy", "codec", "fp16"]) == 2
+    assert script.main([str(runs), "nope", "codec", "none"]) == 2

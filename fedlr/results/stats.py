@@ -14,6 +14,10 @@ proportion p̂ = k / N of N test examples, and its Wilson score interval (95 %, 
 the set of p for which (p̂ − p)² ≤ z²·p(1 − p)/N. Balanced accuracy, macro-F1 and ROC AUC are
 not a single proportion; with one seed they get no interval (none is invented).
 
+**Paired by seed** (two groups run on the same seeds: a seed fixes the data split, the test set
+and the draws, so most of the seed-to-seed spread is common to both): the differences
+d_s = x_s − y_s over the shared seeds, and their mean's t interval as above (a paired t interval).
+
 **Majority-class baseline**: a classifier that always answers the majority class m (share
 p_max = n_m / N of the test set, L classes present in it) scores
 
@@ -122,3 +126,15 @@ def majority_baseline(support: Sequence[int]) -> dict[str, float | None]:
     classes = sum(1 for c in support if c > 0)
     return {"accuracy": p_max, "balanced_accuracy": 1 / classes, "macro_f1": 2 * p_max / (1 + p_max) / classes,
             "roc_auc": 0.5 if classes >= 2 else None}
+
+
+def paired_difference(x: dict, y: dict) -> Interval:
+    """Mean of x_s − y_s over the seeds s both have, with its paired t interval (module docstring);
+    no interval for a single shared seed."""
+    diffs = [float(x[s]) - float(y[s]) for s in sorted(set(x) & set(y), key=str)]
+    if not diffs:
+        return Interval(None, 0)
+    mean, h = statistics.fmean(diffs), t_half_width(diffs)
+    if h is None:
+        return Interval(mean, len(diffs))
+    return Interval(mean, len(diffs), mean - h, mean + h, "t")
