@@ -2,20 +2,27 @@
 
 A simulation worker (Ray actor) serves many virtual clients: it loads the base model and the
 corpus once per experiment and, per client call, swaps in that client's state (milliseconds)
-instead of rebuilding the model (seconds) — design principle 2.
+instead of rebuilding the model (seconds) — design principle 2. Across experiments that follow
+each other in one process (the runs of a sweep) it keeps the pristine base model and the split,
+tokenized data (``kept``), keyed by what determines them, so a run that changes only the method,
+rank or training settings builds nothing but its adapters. The price: the kept base model's memory
+beside the adapted copy.
 """
 
 from __future__ import annotations
 
+import copy
+import json
 import time
 from functools import cached_property
+from typing import Any, Callable
 
 import torch
 
 from fedlr.config import Experiment
 from fedlr.data import ClientFile, FederatedData
 from fedlr.fused import fused_local_train
-from fedlr.models import choose_device, load_tokenizer
+from fedlr.models import choose_device, load_base_model, load_tokenizer
 from fedlr.models.adapted import AdaptedModel, adapter_paths, build_adapted_model
 from fedlr.models.frozen_prefix import attach_prefix_cache
 from fedlr.adapters.naming import BASE_KEY, key
@@ -36,8 +43,11 @@ class Workbench:
         started = time.perf_counter()
         self.exp = exp
         self.device = choose_device(exp.federation.num_gpus)
-        self.data = FederatedData(exp, load_tokenizer(exp.model), own)
-        self.adapted: AdaptedModel = build_adapted_model(exp, self.data.num_labels)
+        self.data = kept("data", data_key(exp, own), lambda: FederatedData(exp, load_tokenizer(exp.model), own))
+        num_labels = self.data.num_labels
+        base = kept("base model", json.dumps([exp.model.name_or_path, exp.model.task, num_labels, exp.seed]),
+                    lambda: load_base_model(exp.model, num_labels, exp.seed))
+        self.adapted: AdaptedModel = build_adapted_model(exp, num_labels, base=copy.deepcopy(base))
         self.adapted.model.to(self.device)
         self.prefix_cache = attach_prefix_cache(exp, self.adapted)  # None where refused (fedlr plan says why)
         self.build_seconds = time.perf_counter() - started
@@ -191,6 +201,26 @@ class Workbench:
 
 
 _WORKBENCHES: dict[tuple[str, ClientFile | None], Workbench] = {}
+_KEPT: dict[str, tuple[str, Any]] = {}  # kind -> (key, value): what experiments of one process share
+
+
+def kept(kind: str, key: str, build: Callable[[], Any]) -> Any:
+    """This process's one ``kind`` of shared, read-only object, built for ``key`` (what determines
+    it): kept while experiments with the same key follow each other (the runs of a sweep on one
+    worker), built anew when the key changes. Callers never change the object; the base model is
+    copied before adapters go in."""
+    if kind not in _KEPT or _KEPT[kind][0] != key:
+        _KEPT.pop(kind, None)  # free the old one before building its successor
+        _KEPT[kind] = (key, build())
+    return _KEPT[kind][1]
+
+
+def data_key(exp: Experiment, own: ClientFile | None) -> str:
+    """Everything ``FederatedData`` reads from an experiment: the data section, the seed (test split,
+    partitions, local splits), the number of clients, the model's task, tokenizer and length; and a
+    deployed client's own file. Experiments with one key share one ``FederatedData``."""
+    return json.dumps([exp.data.model_dump(mode="json"), exp.seed, exp.federation.num_clients, exp.model.task,
+                       exp.model.name_or_path, exp.model.max_length, repr(own)])
 
 
 def get_workbench(exp: Experiment, own: ClientFile | None = None) -> Workbench:

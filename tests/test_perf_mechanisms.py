@@ -43,6 +43,7 @@ def test_base_model_built_once_and_data_tokenized_once_across_many_client_calls(
     monkeypatch.setattr(workbench, "build_adapted_model", lambda *a, **k: builds.append(1) or real_build(*a, **k))
     monkeypatch.setattr(Classification, "tokenize", staticmethod(lambda *a, **k: tokenized.append(1) or real_tokenize(*a, **k)))
     monkeypatch.setattr(workbench, "_WORKBENCHES", {})
+    monkeypatch.setattr(workbench, "_KEPT", {})  # nothing kept from an earlier test's experiment
     exp = tiny(tmp_path, "federation.num_rounds=4", "train.local_steps=1")
     grid = run_in_process(exp, tmp_path, "once")
     fed = exp.federation

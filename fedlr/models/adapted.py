@@ -88,13 +88,16 @@ class AdaptedModel:
         return [params[k] for k in self.trained_keys]
 
 
-def build_adapted_model(exp: Experiment, num_labels: int, *, meta: bool = False) -> AdaptedModel:
-    """The base model (pretrained, or a meta-device skeleton) with ``exp.method``'s adapters."""
+def build_adapted_model(exp: Experiment, num_labels: int, *, meta: bool = False,
+                        base: nn.Module | None = None) -> AdaptedModel:
+    """The base model (pretrained, or a meta-device skeleton) with ``exp.method``'s adapters.
+    ``base``: ``load_base_model``'s model for this experiment, adapted in place (a caller that
+    keeps one passes a copy)."""
     spec = get_method(exp.method.name)
     if meta:
         model = model_skeleton(exp.model, num_labels)
     else:
-        model = load_base_model(exp.model, num_labels, exp.seed)
+        model = base if base is not None else load_base_model(exp.model, num_labels, exp.seed)
     if spec.adapter is not None:
         _check_rank(model, exp)
         inject_adapters(model, exp.model.targets, spec.adapter, exp.method.rank, exp.method.scale, exp.seed,
