@@ -77,3 +77,11 @@ def test_three_rounds_every_two_evaluates_rounds_0_2_3(tmp_path, one_torch_threa
     assert evaluated(ledger) == [0, 2, 3]
     assert evaluated(ledger, "client_val_accuracy") == [2, 3]
     assert summary["final_accuracy"] == ledger[3].eval_accuracy
+
+
+def test_clients_without_validation_rows_train_and_report_no_validation_accuracy(tmp_path, one_torch_thread):
+    ledger, summary, _ = run(tmp_path, "no-val", "federation.num_rounds=2", "data.val_fraction=0",
+                             "evaluation.client_side=true")
+    assert [r.aggregated for r in ledger[1:]] == [True, True] and summary.get("error") is None
+    assert [r.clients_failed for r in ledger[1:]] == [0, 0]
+    assert evaluated(ledger, "client_val_accuracy") == []  # nothing to validate on, not a failure

@@ -39,5 +39,6 @@ class TokenizedSet:
 
 
 def tokenize(texts: list[str], labels: list[int], tokenizer, max_length: int) -> TokenizedSet:
-    enc = tokenizer(texts, truncation=True, max_length=max_length)
-    return TokenizedSet(enc["input_ids"], torch.tensor(labels, dtype=torch.long), tokenizer.pad_token_id)
+    """Token ids of ``texts`` (none for none: a client without validation rows, data.val_fraction = 0)."""
+    ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"] if texts else []
+    return TokenizedSet(ids, torch.tensor(labels, dtype=torch.long), tokenizer.pad_token_id)
