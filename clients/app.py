@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.logger import FLOWER_LOGGER
 
 from fedlr.config import experiment_from_json
 from fedlr.data import FederatedData
@@ -41,6 +43,7 @@ from fedlr.privacy.planning import PrivacyPlan
 from fedlr.compression.base import canonical_keys
 from fedlr.compression.pipeline import apply_broadcast, cached_reference, encode_update, remember_broadcast
 from fedlr.run import client_snapshots
+from fedlr.run.simulation import QUIET_FLOWER_ENV
 from fedlr.run.records import (BASE_ROUND_KEY, BROADCAST_KEY, EXPERIMENT_KEY, FUSED_KEY, KEEP_FROM_KEY, NOT_ENROLLED,
                                PARTITION_KEY, PRIVACY_PLAN_KEY, RESUME_ROUND_KEY, STATE_DIR_KEY, TRAIN_EXAMPLES_KEY,
                                from_record, fused_key, payload_record, record_payload, to_record)
@@ -49,6 +52,10 @@ from fedlr.workbench import get_workbench
 
 app = ClientApp()
 log = logging.getLogger("fedlr")
+if os.environ.get(QUIET_FLOWER_ENV):
+    # a simulated client's Ray worker (it inherits the driver's environment): Flower's own warnings
+    # there, such as each actor's "Manually terminating" at shutdown, would print beside fedlr's
+    FLOWER_LOGGER.setLevel(os.environ[QUIET_FLOWER_ENV])
 
 STATE_CONFIG = "fedlr"
 STATE_ONCE = "fedlr.once"

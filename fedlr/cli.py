@@ -113,6 +113,8 @@ def cmd_report(args) -> int:
     paths = write_outputs(report, args.out, html=not args.no_html, tensorboard=args.tensorboard)
     print(paths["table_md"].read_text(), end="")
     print(f"metric: {report.metric} ({report.metric_reason})")
+    for name, error in report.failed:
+        print(f"left out, failed: {name}: {error}")
     for key, path in paths.items():
         print(f"{key}: {path}")
     return 0

@@ -337,3 +337,20 @@ def test_the_prefix_cache_knobs_do_not_split_groups():
                                                                  "prefix_cache_bytes": 0}}
     other_rank = {"method": {"name": "fedit", "rank": 2}, "seed": 0}
     assert group_key(plain) == group_key(on_disk) != group_key(other_rank)
+
+
+def test_a_failed_run_is_left_out_and_named(tmp_path):
+    """A run in which no round aggregated writes a summary with an ``error`` and the untrained
+    model's figures: counting it would pull its group's mean toward the untrained model."""
+    root = tmp_path / "failed"
+    for seed in (0, 1):
+        make_run(root, f"seed-{seed}", seed=seed, accs=(0.5, 0.8))
+    make_run(root, "seed-2", seed=2, accs=(0.5,),
+             summary_extra={"error": "no round aggregated: in all 1 rounds fewer than 2 clients replied"})
+    report = build_report(root)
+    assert [r["run"] for g in report.groups for r in g.runs] == ["seed-0", "seed-1"]
+    assert report.groups[0].final.mean == pytest.approx(0.8)
+    assert report.incomplete == []
+    assert report.failed == [("seed-2", "no round aggregated: in all 1 rounds fewer than 2 clients replied")]
+    html = write_report(root)["html"].read_text()
+    assert "Failed runs" in html and "seed-2" in html and "no round aggregated" in html

@@ -74,6 +74,10 @@ def render_html(report: Report, header: list[str], rows: list[list[str]], paths:
         items = "".join(f"<li><code>{html.escape(n)}</code></li>" for n in report.incomplete)
         incomplete = (f"<h2>Incomplete runs</h2><p class=\"note\">No <code>summary.json</code>, so left out "
                       f"of the table and figures:</p><ul>{items}</ul>")
+    if report.failed:
+        items = "".join(f"<li><code>{html.escape(n)}</code>: {html.escape(e)}</li>" for n, e in report.failed)
+        incomplete += (f"<h2>Failed runs</h2><p class=\"note\">Their summary reports an error, so they are left out "
+                       f"of the table and figures:</p><ul>{items}</ul>")
     varying = ", ".join(f"<code>{html.escape(k)}</code>" for k in report.varying) or "nothing"
     return f"""<!DOCTYPE html>
 <html lang="en">

@@ -79,8 +79,14 @@ class RunRecord:
     ledger: list[LedgerRow] = field(default_factory=list)
 
     @property
+    def error(self) -> str | None:
+        """Why the run failed, where its summary says so (a run in which no round aggregated)."""
+        return (self.summary or {}).get("error")
+
+    @property
     def complete(self) -> bool:
-        return self.summary is not None
+        """Finished and not failed: a failed run's final figures are the untrained model's."""
+        return self.summary is not None and self.error is None
 
 
 def read_run(run: RunDir, root: Path) -> RunRecord:
@@ -377,7 +383,8 @@ class Report:
     metric_reason: str  # why that one (choose_metric)
     groups: list[Group]
     varying: list[str]
-    incomplete: list[str]
+    incomplete: list[str]  # no summary yet
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (run, the error its summary gives)
     records: list[RunRecord] = field(default_factory=list)
 
     def labels(self) -> list[str]:
@@ -392,11 +399,13 @@ def build_report(root: Path | str, metric: str | None = None, study: str | None 
         raise ReportError(f"{root}: no run directories (folders with a {RunDir.CONFIG}) found")
     complete = [r for r in records if r.complete]
     if not complete:
-        raise ReportError(f"{root}: {len(records)} run directories, none complete (no {RunDir.SUMMARY})")
+        raise ReportError(f"{root}: {len(records)} run directories, none complete (no {RunDir.SUMMARY}, or one "
+                          f"that reports an error)")
     metric, reason = choose_metric(metric, [r.ledger for r in complete])
     groups, varying = group_runs(records, metric)
     return Report(root=root, study=study or root.resolve().name, metric=metric, metric_reason=reason, groups=groups,
-                  varying=varying, incomplete=[r.name for r in records if not r.complete], records=records)
+                  varying=varying, incomplete=[r.name for r in records if r.summary is None],
+                  failed=[(r.name, r.error) for r in records if r.error is not None], records=records)
 
 
 def write_report(root: Path | str, out: Path | str | None = None, figures: bool = True, html: bool = True,

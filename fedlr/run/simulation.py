@@ -17,6 +17,7 @@ from fedlr.results import RunDir
 from fedlr.results.console import Console
 
 OBJECT_STORE_BYTES = 512 * 2**20
+QUIET_FLOWER_ENV = "FEDLR_FLOWER_LOG_LEVEL"  # Flower's log level in the clients' Ray workers (fedlr.clients.app)
 
 
 def quiet_environment() -> None:
@@ -26,6 +27,7 @@ def quiet_environment() -> None:
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault(QUIET_FLOWER_ENV, "ERROR")
 
 
 def backend_config(exp: Experiment) -> dict:
