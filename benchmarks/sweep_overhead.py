@@ -54,13 +54,14 @@ def run_costs(root: Path, started: float) -> list[dict]:
     return runs
 
 
-def measure(out: str) -> None:
+def measure(out: str, overrides: list[str]) -> None:
     """In a fresh process: the sweep through the command line, then its costs."""
     from fedlr.cli import main
 
     load_before = os.getloadavg()
     started = time.time()
-    code = main(["sweep", CONFIG, "--quiet", "--set", f'output.dir="{out}"'])
+    sets = [x for o in [f'output.dir="{out}"', *overrides] for x in ("--set", o)]
+    code = main(["sweep", CONFIG, "--quiet", *sets])
     total = time.time() - started
     print_result({"exit": code, "total_s": total, "load_before": load_before, "load_after": os.getloadavg(),
                   "runs": run_costs(Path(out) / Path(CONFIG).stem, started)})
@@ -87,13 +88,15 @@ def main() -> None:
     ap.add_argument("--keep-from", type=Path, default=BENCH_DIR / "sweep_overhead.txt",
                     help="the file holding that section (waited for; e.g. written by a run of an older checkout)")
     ap.add_argument("--timeout", type=float, default=3600)
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="passed to fedlr sweep (e.g. federation.enroll_timeout_s=3000 on a loaded machine)")
     ap.add_argument("--from-runs", type=Path, default=None, metavar="ROOT",
                     help="no new sweep: the costs of a finished one (ROOT = <output.dir>/sweep_tiny), timed from "
                          "its sweep.json; give the load it ran under with --load")
     ap.add_argument("--load", default="not recorded", help="with --from-runs: the load the sweep ran under")
     args = ap.parse_args()
     if args.measure:
-        return measure(args.measure)
+        return measure(args.measure, args.overrides)
     started = time.time()
     if args.from_runs:
         root = args.from_runs
@@ -101,7 +104,8 @@ def main() -> None:
         result["total_s"] = sum(r["duration_s"] for r in result["runs"])
     else:
         out = tempfile.mkdtemp(prefix="fedlr-sweep-overhead-")
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--measure", out]
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--measure", out,
+               *(x for o in args.overrides for x in ("--set", o))]
         os.chdir(ROOT)
         result = in_fresh_process(cmd, args.timeout)
         if isinstance(result, str):
@@ -119,7 +123,8 @@ def main() -> None:
     date = time.strftime('%Y-%m-%d %H:%M', time.localtime(started if not args.from_runs else
                                                           (args.from_runs / "sweep.json").stat().st_mtime))
     report.line(f"== {args.label}  (date {date}; load average 1/5/15 min: {result['load']})")
-    report.line(f"fedlr sweep {CONFIG}: {len(runs)} runs in {result['total_s']:.1f} s (exit {result['exit']})")
+    shown = "".join(f" --set {o}" for o in args.overrides)
+    report.line(f"fedlr sweep {CONFIG}{shown}: {len(runs)} runs in {result['total_s']:.1f} s (exit {result['exit']})")
     report.line(f"{'run':<34}{'duration_s':>11}{'rounds':>7}{'steady_round_s':>15}{'arithmetic_s':>13}{'fixed_s':>9}")
     for run in runs:
         report.line(f"{run['slug']:<34}{run['duration_s']:>11.2f}{run['rounds']:>7}{run['steady_round_s']:>15.3f}"

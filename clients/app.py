@@ -80,8 +80,8 @@ def _experiment(context: Context):
 
 
 def _workbench(exp, context: Context):
-    """This process's workbench: on the client's own file where its node config names one."""
-    return get_workbench(exp, client_file(context.node_config))
+    """This process's workbench for this run: on the client's own file where its node config names one."""
+    return get_workbench(exp, client_file(context.node_config), context.run_id)
 
 
 def _state_dir(context: Context) -> str | None:

@@ -85,7 +85,7 @@ def _add_sweep_report(sub) -> None:
 
 def cmd_sweep(args) -> int:
     from fedlr.results.console import Console
-    from fedlr.sweep import dry_run, execute_sweep, format_dry_run, load_sweep, simulate_runner
+    from fedlr.sweep import dry_run, execute_sweep, format_dry_run, keeps_base_model, load_sweep, simulate_runner
 
     sweep = load_sweep(args.experiment, args.overrides)
     if args.dry_run:
@@ -96,11 +96,14 @@ def cmd_sweep(args) -> int:
         from fedlr.results.tensorboard import require_tensorboard
 
         require_tensorboard()  # TensorBoardUnavailable is a ConfigError: exit 2 before any run
+    from fedlr.run.shared_engine import shared_engine
+
     progress = Console()
     run_console = Console(quiet=args.quiet or sweep.base.output.quiet)
     try:
-        result = execute_sweep(sweep, simulate_runner(run_console, tensorboard=args.tensorboard), console=progress,
-                               keep_going=args.keep_going)
+        with shared_engine(keep_base_model=keeps_base_model(sweep)):  # one Ray cluster and its workers for all runs
+            result = execute_sweep(sweep, simulate_runner(run_console, tensorboard=args.tensorboard),
+                                   console=progress, keep_going=args.keep_going)
     except KeyboardInterrupt:
         return 130
     return 1 if result.failed else 0

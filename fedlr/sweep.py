@@ -20,7 +20,10 @@ be checked before training is checked before the first run: each key must be a c
 list non-empty, zip lists of one length, and every expanded point a valid experiment (``ConfigError``, exit code 2).
 
 The expansion is pure (``expand``, ``slug_for``); ``execute_sweep`` is thin glue around a
-pluggable ``run_one(exp, run_dir)`` whose default is the real simulation.
+pluggable ``run_one(exp, run_dir)`` whose default is the real simulation. ``fedlr sweep`` runs it
+inside ``fedlr.run.shared_engine.shared_engine``: the runs share one Ray cluster and its workers,
+which keep the tokenized data between runs that share it, and the base model where two runs in a
+row share one (``keeps_base_model``).
 """
 
 from __future__ import annotations
@@ -324,8 +327,19 @@ def write_manifest(sweep: Sweep) -> Path:
     return path
 
 
+def keeps_base_model(sweep: Sweep) -> bool:
+    """Whether keeping the base model between runs pays (``fedlr.run.shared_engine``'s
+    ``keep_base_model``): a process keeps one, so only where two runs to run in a row share one
+    (``fedlr.workbench.base_model_source``; a sweep whose seed varies fastest never does)."""
+    from fedlr.workbench import base_model_source
+
+    sources = [base_model_source(p.experiment) for p in sweep.points if sweep.status(p) != "complete"]
+    return any(a == b for a, b in zip(sources, sources[1:]))
+
+
 def simulate_runner(console: Console, tensorboard: bool = False) -> RunOne:
-    """The default ``run_one``: the real simulation (it starts and stops Ray itself). With
+    """The default ``run_one``: the real simulation (each starts and stops its own Ray, unless the
+    sweep runs inside ``fedlr.run.shared_engine.shared_engine``, as ``fedlr sweep`` does). With
     ``tensorboard``, each round's ledger row is also logged to ``<run dir>/tensorboard/``."""
 
     def run_one(exp: Experiment, run_dir, resume: bool = False) -> dict:

@@ -2,17 +2,25 @@
 
 A simulation worker (Ray actor) serves many virtual clients: it loads the base model and the
 corpus once per experiment and, per client call, swaps in that client's state (milliseconds)
-instead of rebuilding the model (seconds) — design principle 2. Across experiments that follow
-each other in one process (the runs of a sweep) it keeps the pristine base model and the split,
-tokenized data (``kept``), keyed by what determines them, so a run that changes only the method,
-rank or training settings builds nothing but its adapters. The price: the kept base model's memory
-beside the adapted copy.
+instead of rebuilding the model (seconds) — design principle 2. A workbench serves one run: a run
+that finds one another run used (same experiment, the runs of a sweep on long-lived workers)
+builds its own, so it starts from the experiment's initial adapters, not where the other run left
+them.
+
+Across experiments that follow each other in one process (the runs of a sweep) it keeps the split,
+tokenized data (``kept``), keyed by what determines it, and — only where the environment variable
+``KEEP_BASE_MODEL`` says so — the pristine base model, so a run that changes only the method, rank
+or training settings builds nothing but its adapters. A kept base model costs its memory again
+beside the adapted copy in every process (+0.5 GB for SmolLM2-135M), so ``fedlr sweep`` sets the
+variable only where two consecutive runs share a base model (``fedlr.run.shared_engine``); a lone
+run never keeps one.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
 import time
 from functools import cached_property
 from typing import Any, Callable
@@ -42,12 +50,11 @@ class Workbench:
         """``own``: a deployed client's own file (client-owned data, ``fedlr.data.ClientFile``)."""
         started = time.perf_counter()
         self.exp = exp
+        self.run_id: int | None = None  # the Flower run using it (``get_workbench``)
         self.device = choose_device(exp.federation.num_gpus)
         self.data = kept("data", data_key(exp, own), lambda: FederatedData(exp, load_tokenizer(exp.model), own))
-        num_labels = self.data.num_labels
-        base = kept("base model", json.dumps([exp.model.name_or_path, exp.model.task, num_labels, exp.seed]),
-                    lambda: load_base_model(exp.model, num_labels, exp.seed))
-        self.adapted: AdaptedModel = build_adapted_model(exp, num_labels, base=copy.deepcopy(base))
+        self.adapted: AdaptedModel = build_adapted_model(exp, self.data.num_labels,
+                                                         base=base_model(exp, self.data.num_labels))
         self.adapted.model.to(self.device)
         self.prefix_cache = attach_prefix_cache(exp, self.adapted)  # None where refused (fedlr plan says why)
         self.build_seconds = time.perf_counter() - started
@@ -202,6 +209,7 @@ class Workbench:
 
 _WORKBENCHES: dict[tuple[str, ClientFile | None], Workbench] = {}
 _KEPT: dict[str, tuple[str, Any]] = {}  # kind -> (key, value): what experiments of one process share
+KEEP_BASE_MODEL = "FEDLR_KEEP_BASE_MODEL"  # "1": this process keeps the pristine base model between experiments
 
 
 def kept(kind: str, key: str, build: Callable[[], Any]) -> Any:
@@ -215,6 +223,22 @@ def kept(kind: str, key: str, build: Callable[[], Any]) -> Any:
     return _KEPT[kind][1]
 
 
+def base_model_source(exp: Experiment) -> str:
+    """What determines an experiment's base model besides its number of labels (which its data
+    determines): experiments with one source and one number of labels share a base model."""
+    return json.dumps([exp.model.name_or_path, exp.model.task, exp.seed])
+
+
+def base_model(exp: Experiment, num_labels: int) -> torch.nn.Module:
+    """The base model to put ``exp``'s adapters in: a copy of this process's kept one where it keeps
+    one (``KEEP_BASE_MODEL`` = "1"), else loaded for this experiment alone and nothing kept."""
+    build = lambda: load_base_model(exp.model, num_labels, exp.seed)  # noqa: E731
+    if os.environ.get(KEEP_BASE_MODEL) != "1":
+        _KEPT.pop("base model", None)
+        return build()
+    return copy.deepcopy(kept("base model", json.dumps([base_model_source(exp), num_labels]), build))
+
+
 def data_key(exp: Experiment, own: ClientFile | None) -> str:
     """Everything ``FederatedData`` reads from an experiment: the data section, the seed (test split,
     partitions, local splits), the number of clients, the model's task, tokenizer and length; and a
@@ -223,10 +247,16 @@ def data_key(exp: Experiment, own: ClientFile | None) -> str:
                        exp.model.name_or_path, exp.model.max_length, repr(own)])
 
 
-def get_workbench(exp: Experiment, own: ClientFile | None = None) -> Workbench:
-    """The process-wide workbench for ``exp`` (and a deployed client's own file; one kept at a time)."""
+def get_workbench(exp: Experiment, own: ClientFile | None = None, run_id: int | None = None) -> Workbench:
+    """The process-wide workbench for ``exp`` (and a deployed client's own file; one kept at a time).
+    ``run_id``: the Flower run asking (the ServerApp's, a client's ``Context.run_id``); a workbench
+    another run used is built anew (from the kept parts), so no run inherits the adapters, rank or
+    privacy plan another run of the same experiment left. Callers inside a run may leave it out."""
     key = (exp.fingerprint(), own)
-    if key not in _WORKBENCHES:
-        _WORKBENCHES.clear()
-        _WORKBENCHES[key] = Workbench(exp, own)
-    return _WORKBENCHES[key]
+    bench = _WORKBENCHES.get(key)
+    if bench is None or (run_id is not None and bench.run_id not in (None, run_id)):
+        _WORKBENCHES.clear()  # free the old one before building its successor
+        bench = _WORKBENCHES[key] = Workbench(exp, own)
+    if run_id is not None:
+        bench.run_id = run_id
+    return bench

@@ -26,10 +26,11 @@ from fedlr.workbench import get_workbench
 
 
 def run_server(grid: Grid, exp: Experiment, run_dir: RunDir, console: Console, resume: bool = False,
-               client_state_dir: str | None = None) -> dict:
+               client_state_dir: str | None = None, run_id: int | None = None) -> dict:
     """``client_state_dir``: where clients snapshot their state (a simulation's run directory;
-    deployed SuperNodes name their own with ``--node-config state-dir=...``)."""
-    bench = get_workbench(exp)
+    deployed SuperNodes name their own with ``--node-config state-dir=...``). ``run_id``: the Flower
+    run's, so that a workbench another run of this experiment used is not reused (``get_workbench``)."""
+    bench = get_workbench(exp, run_id=run_id)
     adapted = bench.adapted
     rows: list[LedgerRow] = []
     saved = checkpoint.latest(run_dir.checkpoint_dir) if resume else None
@@ -133,6 +134,7 @@ def make_server_app(exp: Experiment, run_dir: RunDir, console: Console, result: 
         engine_poll.fast_pull(grid)  # replies looked for every 0.01 s while few are pending, not 0.1 s
         if stop is not None:
             engine_poll.stop_when(grid, stop)
-        result.update(run_server(grid, exp, run_dir, console, resume=resume, client_state_dir=client_state_dir))
+        result.update(run_server(grid, exp, run_dir, console, resume=resume, client_state_dir=client_state_dir,
+                                 run_id=context.run_id))
 
     return app
