@@ -495,3 +495,42 @@ def test_a_refused_supernode_backs_off_within_its_window():
     assert backoff([0.0, 6, 17, 38, 79], 200) == 60  # doubling stops at a minute
     assert backoff([0.0, 6, 17, 38, 79], 120) is None  # the next try would come after the window
     assert backoff([0.0], 3) is None  # --max-wait-time 3: no second try
+
+
+def test_the_warm_worker_gives_up_a_message_the_supernode_abandoned():
+    """Flower's own object puller, fed by the warm worker's guarded PullObject: a message whose content
+    is 'not available yet' is waited for while the SuperNode has no newer task (it may still be pulling
+    it), and given up as soon as it has one (issue 21.3: a message of a run killed with the SuperLink)."""
+    import time
+
+    from flwr.proto.message_pb2 import PullObjectResponse  # pylint: disable=no-name-in-module
+    from flwr.proto.node_pb2 import Node  # pylint: disable=no-name-in-module
+    from flwr.supercore.inflatable.inflatable_protobuf_utils import make_pull_object_fn_protobuf
+    from flwr.supercore.inflatable.inflatable_utils import pull_objects
+
+    from fedlr.deploy.warm_worker import AbandonedMessage, abandoned_guard
+
+    asked = []
+    newer = threading.Event()
+
+    def newer_task_pending():
+        asked.append(time.monotonic())
+        if len(asked) == 2:  # the SuperNode takes its next message while we wait
+            newer.set()
+        return newer.is_set()
+
+    def pending(request):
+        return PullObjectResponse(object_found=True, object_available=False)
+
+    pull = make_pull_object_fn_protobuf(abandoned_guard(pending, newer_task_pending), Node(node_id=1), 7)
+    started = time.monotonic()
+    with pytest.raises(AbandonedMessage, match="gave up this message"):
+        pull_objects(["a" * 64], pull, initial_backoff=0.05, backoff_cap=0.1, max_time=60)
+    assert len(asked) == 2 and time.monotonic() - started < 30  # waited once, then gave up: not max_time
+
+    def available(request):
+        return PullObjectResponse(object_found=True, object_available=True, object_content=b"payload")
+
+    asked.clear()
+    pull = make_pull_object_fn_protobuf(abandoned_guard(available, newer_task_pending), Node(node_id=1), 7)
+    assert pull_objects(["b" * 64], pull) == {"b" * 64: b"payload"} and asked == []  # content at hand: no question

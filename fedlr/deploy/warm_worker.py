@@ -9,18 +9,51 @@ API and runs them one after another in one long-lived process, so the base model
 built once per run and swapped per message — design principle 2, as in a simulation's Ray actor.
 The messages, the Context kept by the SuperNode and the replies are exactly those of the stock
 path; only the process that executes the ClientApp differs.
+
+One difference with Flower's executor matters: it starts a process per task and goes on, this worker
+runs one task at a time, so a task that never gets its input would block every later one. Flower
+1.39's SuperNode leaves such a task behind (``_pull_and_store_message`` in
+``flwr/supernode/start_client_internal.py``): it creates the task, then pulls the message's content
+from the SuperLink; when the SuperLink answers that the run is no longer running (a message of a
+run that died with a SuperLink crash, handed out again after the restart) ``RunNotRunningException``
+(a ``BaseException``) skips the cleanup meant for failed pulls, and the task stays pending with a
+message whose content never comes. Pulling it would wait up to 7200 s (``PULL_MAX_TIME``).
+``abandoned_guard`` ends that wait: the SuperNode pulls its next message only once the current one
+is complete, so a newer pending task while our input is still missing means ours was given up.
 """
 
 from __future__ import annotations
 
 import logging
 
+from flwr.supercore.inflatable.inflatable_utils import ObjectPullError
+
 log = logging.getLogger("fedlr")
 
 
-def _run_task(token: str, runtime_api_address: str, apps: dict) -> str:
+class AbandonedMessage(ObjectPullError):
+    """The SuperNode gave up the message of this task and holds a newer task (``abandoned_guard``)."""
+
+
+def abandoned_guard(pull_object, newer_task_pending):
+    """``pull_object`` (the Runtime API's ``PullObject``) that raises ``AbandonedMessage`` instead of
+    answering "not available yet" once ``newer_task_pending()``: the SuperNode has taken a newer
+    message, so it will never complete this one (module docstring)."""
+
+    def guarded(request):
+        response = pull_object(request)
+        if response.object_found and not response.object_available and newer_task_pending():
+            raise AbandonedMessage(request.object_id, "the SuperNode gave up this message (its run is no longer "
+                                   "running) and has taken a newer one")
+        return response
+
+    return guarded
+
+
+def _run_task(token: str, runtime_api_address: str, apps: dict, newer_task_pending=lambda: False) -> str:
     """Execute one ClientApp task (what ``flwr-clientapp --token`` does, in this process);
-    returns the task's final sub-status."""
+    returns the task's final sub-status. A task whose input the SuperNode gave up on
+    (``abandoned_guard``) fails without a reply."""
     from flwr.app import Error, Message
     from flwr.cli.install import install_from_fab
     from flwr.clientapp.utils import get_load_client_app_fn
@@ -38,6 +71,7 @@ def _run_task(token: str, runtime_api_address: str, apps: dict) -> str:
                       RuntimeTokenHttpInterceptor(token)],
         retry_invoker=make_simple_http_retry_invoker(),
     )
+    client.PullObject = abandoned_guard(client.PullObject, newer_task_pending)
 
     def heartbeat() -> bool:  # the stock one raises SIGINT when the task is gone: not in a worker
         try:
@@ -57,6 +91,9 @@ def _run_task(token: str, runtime_api_address: str, apps: dict) -> str:
             apps[key] = get_load_client_app_fn(default_app_ref="", app_path=None, multi_app=True)(*key)
         reply = apps[key](message=message, context=context)
         sub_status, details = SubStatus.COMPLETED, ""
+    except AbandonedMessage as ex:  # nothing to reply to: the SuperNode no longer waits for this task
+        log.warning("skipped a ClientApp task: %s", ex)
+        details = str(ex)
     except Exception as ex:  # noqa: BLE001 - reported to the server as the stock process does
         reason = str(type(ex)) + ":<'" + str(ex) + "'>"
         log.exception("ClientApp raised an exception")
@@ -84,7 +121,7 @@ def run_warm_worker(runtime_api_address: str, is_alive=lambda: True, poll_s: flo
     import threading
     import time
 
-    from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=no-name-in-module
+    from flwr.proto.runtime_pb2 import AcquireTaskRequest, PullPendingTasksRequest  # pylint: disable=E0611
     from flwr.supercore.constant import TaskType
     from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
     from flwr.supercore.runtime import RuntimeHttpClient
@@ -101,6 +138,10 @@ def run_warm_worker(runtime_api_address: str, is_alive=lambda: True, poll_s: flo
         interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec")], retry_invoker=None,
     )
     apps: dict = {}
+
+    def newer_task_pending() -> bool:  # our own task is claimed, no longer pending
+        return bool(acquirer.PullPendingTasks(PullPendingTasksRequest()).tasks)
+
     try:
         while is_alive():
             try:
@@ -113,7 +154,7 @@ def run_warm_worker(runtime_api_address: str, is_alive=lambda: True, poll_s: flo
                 if loader is not None:
                     loader.join()
                 started = time.perf_counter()
-                status = _run_task(res.token, runtime_api_address, apps)
+                status = _run_task(res.token, runtime_api_address, apps, newer_task_pending)
                 log.info("task %d: %s in %.2f s", res.task.task_id, status, time.perf_counter() - started)
             else:
                 time.sleep(poll_s)
