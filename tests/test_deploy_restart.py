@@ -50,7 +50,7 @@ def test_a_superlink_killed_mid_run_comes_back_and_the_run_finishes(tmp_path, ca
                                  "federation.num_rounds=3", "federation.round_timeout_s=300",
                                  "federation.enroll_timeout_s=300", f"output.dir='{tmp_path}'", "output.quiet=true"])
     with LocalDeployment(tmp_path / "federation", auth=True, database=str(tmp_path / "superlink.db")) as fed:
-        fed.start_superlink()
+        fed.start_superlink(timeout_s=600)  # a loaded machine imports slowly
         keys = fed.make_keys(["node-0", "node-1"])
         fed.register([pub for _, pub in keys.values()])
         for i in range(2):
@@ -75,7 +75,7 @@ def test_a_superlink_killed_mid_run_comes_back_and_the_run_finishes(tmp_path, ca
         saved_at = (RunDir(cut_dir).checkpoint_dir).stat().st_mtime
         _wait_for(lambda: _pushed_after(fed.tree.log("superlink"), saved_at), "round 2's training messages")
         time.sleep(1)  # the rest of the push
-        fed.restart_superlink(down_s=5)
+        fed.restart_superlink(down_s=5, timeout_s=600)
         for node in nodes:
             os.killpg(node.pid, signal.SIGCONT)
         assert not (cut_dir / "summary.json").exists()
