@@ -1,13 +1,18 @@
 """Acceptance test of a SuperLink that comes back (issue 21.3): a real SuperLink with its state in
 an SQLite file (``--database``), TLS and SuperNode authentication, and two registered SuperNodes
 on 127.0.0.1. One run goes through uninterrupted; a second run of the same experiment has its
-SuperLink SIGKILLed (process group: its ServerApp dies with it) after round 2's training messages
-were pushed and before the SuperNodes (paused) took them, and started again on the same ports and
-database. The SuperNodes reconnect with their registered keys and node ids, are handed the killed
-run's messages (which they ignore, the warm workers giving up the tasks Flower leaves behind), and
-``fedlr deploy resume RUN_DIR`` finishes the run from its checkpoint: its ledger equals the
-uninterrupted run's apart from wall times. Every process is stopped by pid at the end
-(``LocalDeployment.stop``)."""
+SuperLink SIGKILLed mid-round 2, at a moment that leaves both kinds of debris a crash leaves:
+
+- node-0 trained round 2 and its reply waits on the SuperLink, never collected (the ServerApp was
+  paused, then killed with the SuperLink);
+- node-1 (paused) never took its round 2 message; released once the killed run's ServerApp missed
+  its heartbeat deadline (60 s), it is handed that message, which its SuperNode ignores (the first
+  request about the run finds it over, and the SuperLink then deletes the run's messages, node-0's
+  reply included) and its warm worker gives up.
+
+``fedlr deploy resume RUN_DIR`` then finishes the run from its checkpoint: its ledger equals the
+uninterrupted run's apart from wall times, and its bytes agree with Flower's counts of both Flower
+runs. Every process is stopped by pid at the end (``LocalDeployment.stop``)."""
 
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import psutil
 import pytest
 
 from fedlr import checkpoint
@@ -32,17 +38,37 @@ pytestmark = pytest.mark.slow
 TINY = Path(__file__).resolve().parents[1] / "experiments" / "tiny.toml"
 
 
-def _pushed_after(superlink_log: str, since: float) -> bool:
-    """Whether the ServerApp pushed messages to the SuperLink after time ``since`` (epoch s)."""
-    pushes = re.findall(r"^(\S+Z) INFO \[uvicorn\.access\].*POST /v1/runtime/push-messages", superlink_log, re.M)
-    return any(datetime.fromisoformat(t).timestamp() > since for t in pushes)
+def _runtime_calls(superlink_log: str, call: str) -> list[float]:
+    """When the ServerApp called the SuperLink's runtime API ``call`` (epoch s)."""
+    stamps = re.findall(rf"^(\S+Z) INFO \[uvicorn\.access\].*POST /v1/runtime/{call} ", superlink_log, re.M)
+    return [datetime.fromisoformat(t).timestamp() for t in stamps]
 
 
-def _wait_for(condition, what: str, timeout_s: float = 600) -> None:
+def _waiting_for_replies_after(superlink_log: str, since: float) -> bool:
+    """Whether the ServerApp pushed messages after ``since`` and then polled for replies: the
+    round's messages are all on the SuperLink."""
+    pushed = [t for t in _runtime_calls(superlink_log, "push-messages") if t > since]
+    return bool(pushed) and any(t > max(pushed) for t in _runtime_calls(superlink_log, "pull-messages"))
+
+
+def _replied(log: str, before: int) -> bool:
+    """Whether a SuperNode log shows more train replies than ``before``, the last one sent."""
+    return log.count("Sending: train message") > before and \
+        "Sent successfully" in log.rsplit("Sending: train message", 1)[1]
+
+
+def _serverapp(superlink_pid: int) -> psutil.Process:
+    apps = [p for p in psutil.Process(superlink_pid).children(recursive=True)
+            if any("flwr-serverapp" in a for a in p.cmdline()[:2])]
+    assert len(apps) == 1, apps
+    return apps[0]
+
+
+def _wait_for(condition, what: str, timeout_s: float = 600, every_s: float = 0.2) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
+        time.sleep(every_s)
 
 
 def test_a_superlink_killed_mid_run_comes_back_and_the_run_finishes(tmp_path, capsys):
@@ -61,23 +87,26 @@ def test_a_superlink_killed_mid_run_comes_back_and_the_run_finishes(tmp_path, ca
         cut_dir = tmp_path / "cut"
         nodes = [fed.tree.procs[f"node-{i}"] for i in range(2)]
         replies = [fed.tree.log(f"node-{i}").count("Sending: train message") for i in range(2)]
-        fed.submit(exp, cut_dir, run_name="cut", wait=False)
-        # The worst moment for the crash: round 2's training messages wait on the SuperLink, untaken.
-        # Each node is paused once it has sent its round 1 reply, the kill comes after round 2's push,
-        # and the nodes go on once the SuperLink is back: they are handed messages of a run that is no
-        # longer running (issue 21.3).
-        for i, node in enumerate(nodes):
-            _wait_for(lambda: fed.tree.log(f"node-{i}").count("Sending: train message") > replies[i] and
-                      "Sent successfully" in fed.tree.log(f"node-{i}").rsplit("Sending: train message", 1)[1],
-                      f"node-{i}'s round 1 reply")
+        cut = fed.submit(exp, cut_dir, run_name="cut", wait=False)
+        for i, node in enumerate(nodes):  # each paused once it has sent its round 1 reply
+            _wait_for(lambda: _replied(fed.tree.log(f"node-{i}"), replies[i]), f"node-{i}'s round 1 reply")
             os.killpg(node.pid, signal.SIGSTOP)
         _wait_for(lambda: checkpoint.rounds(RunDir(cut_dir).checkpoint_dir)[-1:] == [1], "round 1's checkpoint")
         saved_at = (RunDir(cut_dir).checkpoint_dir).stat().st_mtime
-        _wait_for(lambda: _pushed_after(fed.tree.log("superlink"), saved_at), "round 2's training messages")
-        time.sleep(1)  # the rest of the push
+        _wait_for(lambda: _waiting_for_replies_after(fed.tree.log("superlink"), saved_at), "round 2's messages")
+        serverapp = _serverapp(fed.tree.procs["superlink"].pid)
+        serverapp.suspend()  # it will never collect node-0's round 2 reply; its last heartbeat was before
+        suspended_at = time.monotonic()
+        os.killpg(nodes[0].pid, signal.SIGCONT)
+        _wait_for(lambda: _replied(fed.tree.log("node-0"), replies[0] + 1), "node-0's round 2 reply")
+        serverapp.kill()
         fed.restart_superlink(down_s=5, timeout_s=600)
-        for node in nodes:
-            os.killpg(node.pid, signal.SIGCONT)
+        # The restarted SuperLink reports the killed run running until its ServerApp's heartbeat
+        # deadline (Flower: 2 × 30 s after the last one); a `flwr list` would then delete its messages.
+        time.sleep(max(0.0, suspended_at + 2 * 30 + 10 - time.monotonic()))
+        os.killpg(nodes[1].pid, signal.SIGCONT)
+        _wait_for(lambda: "is not in `RUNNING` status. Ignoring message" in fed.tree.log("node-1"),
+                  "node-1 handed its round 2 message of the killed run")
         assert not (cut_dir / "summary.json").exists()
         rows_at_crash = RunDir(cut_dir).ledger()
         assert [r.round for r in rows_at_crash][:2] == [0, 1]
@@ -94,12 +123,12 @@ def test_a_superlink_killed_mid_run_comes_back_and_the_run_finishes(tmp_path, ca
     assert nodes_alive == [True, True], [log[-2000:] for log in node_logs]
     for log in node_logs:  # they reconnected quietly: no traceback, their node ids still valid
         assert "Traceback" not in log and "Invalid node ID" not in log, log[-3000:]
-    # a node handed its round 2 message of the killed run ignores it (Flower), leaving the task behind;
-    # its warm worker gave that task up instead of waiting for its content
+    # node-1, handed its round 2 message of the killed run, ignored it (Flower), leaving the task
+    # behind; its warm worker gave that task up instead of waiting for its content. node-0 had
+    # consumed its message before the crash: nothing stale for it.
     handed = ["is not in `RUNNING` status. Ignoring message" in log for log in node_logs]
-    assert any(handed), [log[-2000:] for log in node_logs]
-    for log, stale in zip(node_logs, handed):
-        assert ("skipped a ClientApp task" in log) == stale, log[-3000:]
+    skipped = ["skipped a ClientApp task" in log for log in node_logs]
+    assert handed == skipped == [False, True], [log[-2000:] for log in node_logs]
 
     deployment = json.loads((cut_dir / "deployment.json").read_text())
     assert len(deployment["earlier_flwr_run_ids"]) == 1 and deployment["flwr_run_id"] != whole.run_id
@@ -113,5 +142,7 @@ def test_a_superlink_killed_mid_run_comes_back_and_the_run_finishes(tmp_path, ca
                 assert g[key] == pytest.approx(w[key], rel=1e-6, abs=1e-9), (w["round"], key)
             else:
                 assert g[key] == w[key], (w["round"], key, g[key], w[key])
+    # every ledger byte was counted by Flower in one of the two Flower runs of this run
     traffic = json.loads((cut_dir / "traffic.json").read_text())["check"]
-    assert traffic["consistent"] and 0 < traffic["ledger_uplink_bytes"] < got[-1].cumulative_uplink_bytes
+    assert traffic["flwr_run_ids"] == [str(cut.run_id), str(deployment["flwr_run_id"])]
+    assert traffic["consistent"] and traffic["ledger_uplink_bytes"] == got[-1].cumulative_uplink_bytes > 0

@@ -18,7 +18,8 @@ from fedlr.deploy.flower_argv import SuperLinkOptions, superlink_argv
 from fedlr.deploy.network import check_tls_endpoint, free_port, parse_address
 from fedlr.deploy.node_config import format_node_config, parse_node_config
 from fedlr.deploy.node_keys import check_node_key, make_node_keys
-from fedlr.deploy.submission import traffic_check, write_app_dir
+from fedlr.deploy.cli import _report
+from fedlr.deploy.submission import SubmitResult, traffic_check, write_app_dir
 from fedlr.errors import DeployError
 from fedlr.results import LedgerRow
 
@@ -230,16 +231,57 @@ def test_a_run_resumes_only_on_the_engine_it_ran_on(tmp_path, tiny_path, capsys)
     assert f"`fedlr run --resume {simulated}`" in err, err
 
 
-def test_traffic_check():
+def _traffic(run_id: int, inbound: int, outbound: int) -> dict:
+    return {"run-id": str(run_id), "network-traffic": {"inbound-bytes": inbound, "outbound-bytes": outbound}}
+
+
+def test_traffic_check_catches_a_ledger_that_claims_more_than_flower_counted():
     rows = [LedgerRow(round=0, clients_sampled=[], cumulative_uplink_bytes=10, cumulative_downlink_bytes=5),
             LedgerRow(round=1, clients_sampled=[], cumulative_uplink_bytes=100, cumulative_downlink_bytes=50)]
-    info = {"network-traffic": {"inbound-bytes": 130, "outbound-bytes": 49}}
-    t = traffic_check(rows, info)
+    t = traffic_check(rows, [_traffic(7, 130, 49)])
     assert (t["uplink_overhead_bytes"], t["downlink_overhead_bytes"], t["consistent"]) == (30, -1, False)
-    rows = [LedgerRow(round=r, clients_sampled=[], cumulative_uplink_bytes=10 * r, cumulative_downlink_bytes=5 * r)
-            for r in range(4)]
-    resumed = traffic_check(rows, {"network-traffic": {"inbound-bytes": 21, "outbound-bytes": 10}}, since_round=1)
-    assert (resumed["ledger_uplink_bytes"], resumed["ledger_downlink_bytes"], resumed["consistent"]) == (20, 10, True)
+    t = traffic_check(rows, [_traffic(7, 99, 50)])
+    assert (t["uplink_overhead_bytes"], t["downlink_overhead_bytes"], t["consistent"]) == (-1, 0, False)
+    assert traffic_check(rows, [_traffic(7, 100, 50)])["consistent"] is True
+
+
+# Measured (tests/test_deploy_restart.py, 3 rounds of 2 × 10,464 B up and down): the interrupted Flower
+# run's SuperNodes replied to round 2 after the SuperLink came back, their replies (46 objects, 28,148 B
+# beside the two Message objects) stayed unconsumed in the SuperLink's object store, and the resumed
+# run's byte-identical round 2 replies were never pushed again: 38,152 B inbound for 41,856 B of uplink.
+RESUMED_LEDGER = [LedgerRow(round=r, clients_sampled=[], cumulative_uplink_bytes=20928 * r,
+                            cumulative_downlink_bytes=20928 * r) for r in range(4)]
+INTERRUPTED, RESUMED = _traffic(11290682486797985894, 66300, 67054), _traffic(1982614006929830852, 38152, 73204)
+
+
+def test_traffic_check_of_a_resumed_run_counts_every_flower_run_that_carried_it():
+    t = traffic_check(RESUMED_LEDGER, [INTERRUPTED, RESUMED])
+    assert t["consistent"] is True
+    assert (t["ledger_uplink_bytes"], t["flower_inbound_bytes"]) == (62784, 66300 + 38152)
+    assert (t["ledger_downlink_bytes"], t["flower_outbound_bytes"]) == (62784, 67054 + 73204)
+    assert t["flwr_run_ids"] == ["11290682486797985894", "1982614006929830852"]
+    # the resumed Flower run alone carried less than the ledger's rounds 2-3 (41,856 B): the check can
+    # only be made over the whole ledger and every Flower run of it
+    assert RESUMED["network-traffic"]["inbound-bytes"] < 41856
+    # and it still catches a ledger that claims more than all of them counted
+    inflated = [*RESUMED_LEDGER[:3], LedgerRow(round=3, clients_sampled=[], cumulative_uplink_bytes=66300 + 38152 + 1,
+                                               cumulative_downlink_bytes=62784)]
+    assert traffic_check(inflated, [INTERRUPTED, RESUMED])["consistent"] is False
+    assert traffic_check(RESUMED_LEDGER, [RESUMED])["consistent"] is False
+
+
+def test_traffic_check_is_not_made_when_the_superlink_forgot_an_earlier_run(tmp_path, capsys):
+    t = traffic_check(RESUMED_LEDGER, [RESUMED], unknown=[11290682486797985894])
+    assert t["consistent"] is None and t["unknown_flwr_run_ids"] == ["11290682486797985894"]
+
+    def exit_code(traffic: dict) -> int:
+        return _report(SubmitResult(1, tmp_path, "finished:completed", {}, traffic))
+
+    assert exit_code(t) == 0
+    assert "bytes not checked: the SuperLink no longer knows Flower run(s) 11290682486797985894" in capsys.readouterr().out
+    assert exit_code(traffic_check(RESUMED_LEDGER, [RESUMED])) == 1
+    assert "(INCONSISTENT)" in capsys.readouterr().out
+    assert exit_code(traffic_check(RESUMED_LEDGER, [INTERRUPTED, RESUMED])) == 0
 
 
 # ------------------------------------------------------------------------ CLI: errors, nothing run

@@ -274,12 +274,15 @@ def _report(res: SubmitResult) -> int:
     if res.status == "submitted":
         return 0
     print(f"fedlr: Flower run {res.run_id}: {res.status}; run directory {res.run_dir}")
-    if res.traffic:
-        t = res.traffic
+    t = res.traffic
+    if t and t["consistent"] is None:
+        print(f"fedlr: bytes not checked: the SuperLink no longer knows Flower run(s) "
+              f"{', '.join(t['unknown_flwr_run_ids'])} of this run")
+    elif t:
         print(f"fedlr: bytes, ledger vs Flower's count: up {t['ledger_uplink_bytes']:,} / in "
               f"{t['flower_inbound_bytes']:,}, down {t['ledger_downlink_bytes']:,} / out "
               f"{t['flower_outbound_bytes']:,} ({'consistent' if t['consistent'] else 'INCONSISTENT'})")
-    return 0 if res.completed and (res.traffic is None or res.traffic["consistent"]) else 1
+    return 0 if res.completed and (t is None or t["consistent"] is not False) else 1
 
 
 def cmd_local(args) -> int:

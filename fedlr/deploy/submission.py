@@ -70,26 +70,33 @@ def _toml_str(s: str) -> str:
     return json.dumps(s)  # a JSON string literal is a valid TOML basic string
 
 
-def traffic_check(rows: list[LedgerRow], info: dict, since_round: int = -1) -> dict:
-    """Compare fedlr's byte ledger with the traffic the SuperLink counted for the run.
+def traffic_check(rows: list[LedgerRow], runs: list[dict], unknown: list = ()) -> dict:
+    """Compare fedlr's byte ledger with the traffic the SuperLink counted for the Flower runs that
+    carried it: one run, or a resumed run's earlier attempts and its last one (``runs``, each as
+    ``flwr list --run-id`` reports it).
 
-    Flower counts every Fleet API request and response of the run (protobuf sizes of pushed and
+    Flower counts the Fleet API requests and responses of a run (protobuf sizes of pushed and
     pulled messages and objects: record framing, metadata, the experiment sent at enrollment, the
     config records), so its inbound (SuperNodes → SuperLink) must be at least fedlr's uplink and
-    its outbound at least fedlr's downlink; the difference is the protocol overhead. A resumed
-    run's Flower run carried only the rounds after ``since_round`` (its checkpoint)."""
-    def spent(field: str) -> int:
-        before = [getattr(r, field) for r in rows if r.round <= since_round] if since_round >= 0 else []
-        return (getattr(rows[-1], field) if rows else 0) - (before[-1] if before else 0)
-
-    up, down = spent("cumulative_uplink_bytes"), spent("cumulative_downlink_bytes")
-    traffic = info.get("network-traffic", {})
-    inbound, outbound = int(traffic.get("inbound-bytes", 0)), int(traffic.get("outbound-bytes", 0))
+    its outbound at least fedlr's downlink; the difference is the protocol overhead. Inbound is
+    summed over the runs: the SuperLink stores objects by content hash and counts an object only
+    when a SuperNode pushes it, not when it already holds it, and a reply the interrupted run
+    received but never consumed is byte-identical to the resumed run's reply of that round
+    (the same checkpoint, the same seeds), so those bytes are counted in the interrupted run.
+    ``unknown``: earlier runs the SuperLink no longer reports (its state was in memory); without
+    their counts nothing can be checked (``consistent`` is None)."""
+    up = rows[-1].cumulative_uplink_bytes if rows else 0
+    down = rows[-1].cumulative_downlink_bytes if rows else 0
+    counts = [run.get("network-traffic", {}) for run in runs]
+    inbound = sum(int(c.get("inbound-bytes", 0)) for c in counts)
+    outbound = sum(int(c.get("outbound-bytes", 0)) for c in counts)
     return {
+        "flwr_run_ids": [str(run.get("run-id", "")) for run in runs],
         "ledger_uplink_bytes": up, "ledger_downlink_bytes": down,
         "flower_inbound_bytes": inbound, "flower_outbound_bytes": outbound,
         "uplink_overhead_bytes": inbound - up, "downlink_overhead_bytes": outbound - down,
-        "consistent": inbound >= up and outbound >= down,
+        "unknown_flwr_run_ids": [str(i) for i in unknown],
+        "consistent": None if unknown else inbound >= up and outbound >= down,
     }
 
 
@@ -135,12 +142,6 @@ def submit(exp: Experiment, connection: Connection, run_dir: str | Path | None =
         run_dir = run_dir.resolve()
     if run_dir.exists() and not resume:
         raise DeployError(f"run directory {run_dir} already exists")
-    since_round = -1
-    if resume:
-        from fedlr import checkpoint
-
-        saved = checkpoint.latest(RunDir(run_dir).checkpoint_dir)  # where the ServerApp will resume
-        since_round = saved[0] if saved is not None else -1
     with tempfile.TemporaryDirectory(prefix="fedlr-submit-") as tmp:
         scratch = Path(tmp)
         env, name = connection.env(scratch)  # certificate and address checks first: cheap and common
@@ -161,12 +162,28 @@ def submit(exp: Experiment, connection: Connection, run_dir: str | Path | None =
         run_id, logs = _run_and_stream(argv + ["--stream"], env, timeout_s, echo)
         info = run_info(run_id, env, name)
         status = str(info.get("status", ""))
+        run = RunDir(run_dir)
+        earlier, unknown = _earlier_flwr_runs(run, env, name) if resume else ([], [])
     traffic = None
-    run = RunDir(run_dir)
     if run.ledger_path.is_file():
-        traffic = traffic_check(run.ledger(), info, since_round)
-        run.traffic_path.write_text(json.dumps({"flwr_run": info, "check": traffic}, indent=2) + "\n")
+        traffic = traffic_check(run.ledger(), [*earlier, info], unknown)
+        run.traffic_path.write_text(json.dumps({"flwr_run": info, "earlier_flwr_runs": earlier, "check": traffic},
+                                               indent=2) + "\n")
     return SubmitResult(run_id, run_dir, status, info, traffic, logs)
+
+
+def _earlier_flwr_runs(run: RunDir, env: dict, name: str) -> tuple[list[dict], list]:
+    """The Flower runs that carried a resumed run before its last one (``deployment.json``), as
+    the SuperLink reports them, and the ids of those it no longer knows."""
+    if not run.deployment_path.is_file():
+        return [], []
+    known, unknown = [], []
+    for run_id in json.loads(run.deployment_path.read_text()).get("earlier_flwr_run_ids", []):
+        try:
+            known.append(run_info(int(run_id), env, name))
+        except DeploymentFailed:
+            unknown.append(run_id)
+    return known, unknown
 
 
 def _run_and_stream(argv: list[str], env: dict, timeout_s: float, echo) -> tuple[int, str]:
