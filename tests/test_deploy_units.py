@@ -576,3 +576,26 @@ def test_the_warm_worker_gives_up_a_message_the_supernode_abandoned():
     asked.clear()
     pull = make_pull_object_fn_protobuf(abandoned_guard(available, newer_task_pending), Node(node_id=1), 7)
     assert pull_objects(["b" * 64], pull) == {"b" * 64: b"payload"} and asked == []  # content at hand: no question
+
+
+def test_submit_waits_for_the_run_when_the_log_stream_ends_early():
+    """A relaunched ServerApp ends the first launch's log stream while the run goes on: the
+    ledger is read only once ``flwr list`` says the run finished, or at the deadline."""
+    import time
+
+    from fedlr.deploy.submission import wait_until_finished
+
+    statuses = iter(["running", "running", "finished:completed"])
+    said = []
+    info = wait_until_finished(lambda: {"status": next(statuses)}, time.monotonic() + 60, said.append, poll_s=0)
+    assert info == {"status": "finished:completed"}
+    assert said == ["fedlr: the log stream ended before the run; waiting for it to finish"]
+
+    calls = []
+    info = wait_until_finished(lambda: calls.append(1) or {"status": "running"}, time.monotonic() + 0.05,
+                               said.append, poll_s=0.01)
+    assert info == {"status": "running"} and 2 <= len(calls)
+
+    said.clear()
+    info = wait_until_finished(lambda: {"status": "finished:failed"}, time.monotonic() + 60, said.append)
+    assert info == {"status": "finished:failed"} and said == []

@@ -159,8 +159,9 @@ def submit(exp: Experiment, connection: Connection, run_dir: str | Path | None =
             return SubmitResult(int(res["run-id"]), run_dir, "submitted", {}, None)
         fed = exp.federation
         timeout_s = timeout_s or fed.enroll_timeout_s + fed.round_timeout_s * (fed.num_rounds + 2)
+        deadline = time.monotonic() + timeout_s
         run_id, logs = _run_and_stream(argv + ["--stream"], env, timeout_s, echo)
-        info = run_info(run_id, env, name)
+        info = wait_until_finished(lambda: run_info(run_id, env, name), deadline, echo)
         status = str(info.get("status", ""))
         run = RunDir(run_dir)
         earlier, unknown = _earlier_flwr_runs(run, env, name) if resume else ([], [])
@@ -170,6 +171,20 @@ def submit(exp: Experiment, connection: Connection, run_dir: str | Path | None =
         run.traffic_path.write_text(json.dumps({"flwr_run": info, "earlier_flwr_runs": earlier, "check": traffic},
                                                indent=2) + "\n")
     return SubmitResult(run_id, run_dir, status, info, traffic, logs)
+
+
+def wait_until_finished(info_now, deadline: float, echo, poll_s: float = 2.0) -> dict:
+    """The run's ``flwr list`` entry once its status is ``finished:*``, or at ``deadline`` (monotonic)
+    as it then is. ``flwr run --stream`` can return while the run goes on: when a ServerApp misses
+    its start deadline Flower launches another, and the first launch's log stream ends; reading the
+    ledger then would find it rounds short."""
+    info = info_now()
+    if not str(info.get("status", "")).startswith("finished") and time.monotonic() < deadline:
+        echo("fedlr: the log stream ended before the run; waiting for it to finish")
+    while not str(info.get("status", "")).startswith("finished") and time.monotonic() < deadline:
+        time.sleep(poll_s)
+        info = info_now()
+    return info
 
 
 def _earlier_flwr_runs(run: RunDir, env: dict, name: str) -> tuple[list[dict], list]:
