@@ -1,20 +1,26 @@
-"""Benchmark (issue 17): what a run of ``fedlr sweep`` costs beyond its rounds.
+"""Benchmark (issue 17): what a run of ``fedlr sweep`` costs beyond its rounds, before and after
+the sweep started its engine once, measured in one invocation on one machine.
 
-``fedlr sweep experiments/sweep_tiny.toml`` (8 runs of 2 rounds on the tiny random BERT) runs in a
-fresh process, its runs written to a temp dir. Each run's duration is the time from the end of the
+``experiments/sweep_tiny.toml`` (8 runs of 2 rounds on the tiny random BERT) is swept in a fresh
+process per measurement, its runs written to a temp dir, by one of two engines:
+
+- ``before``: every run starts and stops its own Ray cluster and worker pool (``execute_sweep``
+  with the plain simulation, as ``fedlr sweep`` did before ``fedlr.run.shared_engine``);
+- ``after``: ``fedlr sweep`` itself: one Ray cluster and one worker pool for all the runs.
+
+The measurements follow each other (``--order``, default before, after; alternate them, e.g.
+``--order before,after,before,after``, so that a load that
+drifts falls on both; ``uptime`` is printed beside each. Each run's duration is the time from the end of the
 run before it (the sweep's start for the first) to its ``summary.json`` being written. Its
 arithmetic is its steady-state rounds: ``num_rounds`` × the ledger's last round (the wall time
 between the last two rows; the first training round builds the workers' models and is not steady).
 Fixed cost of a run = duration − arithmetic: Ray start-up, worker start, model build,
 tokenization, enrollment, the initial evaluation, checkpoints, export.
 
-    .venv/bin/python benchmarks/sweep_overhead.py              # writes benchmarks/sweep_overhead.txt
-    .venv/bin/python benchmarks/sweep_overhead.py --label after --keep before   # keeps the 'before' section
-    .venv/bin/python benchmarks/sweep_overhead.py --label after --keep before --keep-from OLD/benchmarks/sweep_overhead.txt
+    nice -n 10 .venv/bin/python benchmarks/sweep_overhead.py    # writes benchmarks/sweep_overhead.txt
 
-The result's last line is ``fixed cost per run after the first: X s`` (the mean over runs 2..8).
-With ``--keep LABEL`` the sections of the existing .txt with that label are kept above the new one,
-so one file holds the before and after figures, each with its machine, load and date.
+The result's last line is ``fixed cost per run after the first: X s``: the ``after`` engine's mean
+over runs 2..8 (over its measurements where it has several), above it each engine's.
 """
 
 from __future__ import annotations
@@ -22,14 +28,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import BENCH_DIR, ROOT, Report, in_fresh_process, print_result
+from common import ROOT, Report, in_fresh_process, print_result
 
-CONFIG = "experiments/sweep_tiny.toml"
+CONFIG = "experiments/sweep_tiny.toml"  # --config picks another sweep (e.g. fewer runs on a loaded machine)
 LAST_LINE = "fixed cost per run after the first:"
 
 
@@ -54,88 +62,93 @@ def run_costs(root: Path, started: float) -> list[dict]:
     return runs
 
 
-def measure(out: str, overrides: list[str]) -> None:
-    """In a fresh process: the sweep through the command line, then its costs."""
-    from fedlr.cli import main
+ENGINES = {"before": "one Ray cluster and worker pool per run", "after": "one Ray cluster and worker pool per sweep"}
 
-    load_before = os.getloadavg()
+
+def sweep_in_this_process(engine: str, config: str, sets: list[str]) -> int:
+    """``fedlr sweep CONFIG --quiet`` (``after``), or the same sweep with a simulation that starts
+    its own Ray for every run (``before``); the exit code."""
+    if engine == "after":
+        from fedlr.cli import main
+
+        return main(["sweep", config, "--quiet", *(x for o in sets for x in ("--set", o))])
+    from fedlr.results.console import Console
+    from fedlr.sweep import execute_sweep, load_sweep, simulate_runner
+
+    result = execute_sweep(load_sweep(config, sets), simulate_runner(Console(quiet=True)), console=Console())
+    return 1 if result.failed else 0
+
+
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def measure(engine: str, config: str, out: str, overrides: list[str]) -> None:
+    """In a fresh process: the sweep on ``engine``, then its costs."""
+    uptime_before = uptime()
     started = time.time()
-    sets = [x for o in [f'output.dir="{out}"', *overrides] for x in ("--set", o)]
-    code = main(["sweep", CONFIG, "--quiet", *sets])
+    code = sweep_in_this_process(engine, config, [f'output.dir="{out}"', *overrides])
     total = time.time() - started
-    print_result({"exit": code, "total_s": total, "load_before": load_before, "load_after": os.getloadavg(),
-                  "runs": run_costs(Path(out) / Path(CONFIG).stem, started)})
+    print_result({"exit": code, "total_s": total, "uptime_before": uptime_before, "uptime_after": uptime(),
+                  "runs": run_costs(Path(out) / Path(config).stem, started)})
 
 
-def kept_sections(label: str, path: Path) -> list[str]:
-    """The lines of ``path``'s section ``label`` (from its '== label' line to the next)."""
-    if not path.exists():
-        return []
-    kept, inside = [], False
-    for line in path.read_text().splitlines():
-        if line.startswith("== "):
-            inside = line.split()[1] == label
-        if inside and not line.startswith(LAST_LINE):
-            kept.append(line)
-    return kept
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--measure", metavar="OUT", help=argparse.SUPPRESS)
-    ap.add_argument("--label", default="before", help="names this measurement's section")
-    ap.add_argument("--keep", default=None, help="keep the existing .txt's section of this label")
-    ap.add_argument("--keep-from", type=Path, default=BENCH_DIR / "sweep_overhead.txt",
-                    help="the file holding that section (waited for; e.g. written by a run of an older checkout)")
-    ap.add_argument("--timeout", type=float, default=3600)
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                    help="passed to fedlr sweep (e.g. federation.enroll_timeout_s=3000 on a loaded machine)")
-    ap.add_argument("--from-runs", type=Path, default=None, metavar="ROOT",
-                    help="no new sweep: the costs of a finished one (ROOT = <output.dir>/sweep_tiny), timed from "
-                         "its sweep.json; give the load it ran under with --load")
-    ap.add_argument("--load", default="not recorded", help="with --from-runs: the load the sweep ran under")
-    args = ap.parse_args()
-    if args.measure:
-        return measure(args.measure, args.overrides)
-    started = time.time()
-    if args.from_runs:
-        root = args.from_runs
-        result = {"exit": "n/a", "load": args.load, "runs": run_costs(root, (root / "sweep.json").stat().st_mtime)}
-        result["total_s"] = sum(r["duration_s"] for r in result["runs"])
-    else:
-        out = tempfile.mkdtemp(prefix="fedlr-sweep-overhead-")
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--measure", out,
-               *(x for o in args.overrides for x in ("--set", o))]
-        os.chdir(ROOT)
-        result = in_fresh_process(cmd, args.timeout)
-        if isinstance(result, str):
-            raise SystemExit(f"the sweep {result}")
-        result["load"] = " ".join(f"{when} {'/'.join(f'{x:.2f}' for x in result[key])}"
-                                  for when, key in (("before", "load_before"), ("after", "load_after")))
+def section(report: Report, engine: str, result: dict) -> float:
+    """One measurement's lines; returns its fixed cost per run after the first."""
     runs = result["runs"]
-    kept = kept_sections(args.keep, args.keep_from) if args.keep else []
-    while args.keep and not kept and time.time() - started < args.timeout:
-        time.sleep(10)  # the section is still being measured
-        kept = kept_sections(args.keep, args.keep_from)
-    report = Report("sweep_overhead", "benchmarks/sweep_overhead.py " + " ".join(sys.argv[1:]))
-    for line in kept:
-        report.line(line)
-    date = time.strftime('%Y-%m-%d %H:%M', time.localtime(started if not args.from_runs else
-                                                          (args.from_runs / "sweep.json").stat().st_mtime))
-    report.line(f"== {args.label}  (date {date}; load average 1/5/15 min: {result['load']})")
-    shown = "".join(f" --set {o}" for o in args.overrides)
-    report.line(f"fedlr sweep {CONFIG}{shown}: {len(runs)} runs in {result['total_s']:.1f} s (exit {result['exit']})")
+    report.line(f"== {engine}: {ENGINES[engine]}  (started {result['date']})")
+    report.line(f"uptime before: {result['uptime_before']}")
+    report.line(f"uptime after:  {result['uptime_after']}")
+    report.line(f"{len(runs)} runs in {result['total_s']:.1f} s (exit {result['exit']})")
     report.line(f"{'run':<34}{'duration_s':>11}{'rounds':>7}{'steady_round_s':>15}{'arithmetic_s':>13}{'fixed_s':>9}")
     for run in runs:
         report.line(f"{run['slug']:<34}{run['duration_s']:>11.2f}{run['rounds']:>7}{run['steady_round_s']:>15.3f}"
                     f"{run['arithmetic_s']:>13.3f}{run['fixed_s']:>9.2f}")
-    arithmetic = sum(r["arithmetic_s"] for r in runs)
     later = [r["fixed_s"] for r in runs[1:]]
-    report.line(f"sum of steady-state rounds: {arithmetic:.2f} s; sum of fixed costs: "
-                f"{sum(r['fixed_s'] for r in runs):.1f} s; first run's fixed cost: {runs[0]['fixed_s']:.2f} s")
     fixed = sum(later) / len(later)
-    report.line(f"{args.label}: fixed cost per run after the first {fixed:.2f} s")
-    report.line(f"{LAST_LINE} {fixed:.2f} s")
+    report.line(f"sum of steady-state rounds: {sum(r['arithmetic_s'] for r in runs):.2f} s; sum of fixed costs: "
+                f"{sum(r['fixed_s'] for r in runs):.1f} s; first run's fixed cost: {runs[0]['fixed_s']:.2f} s; "
+                f"fixed cost per run after the first: {fixed:.2f} s")
+    return fixed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--measure", nargs=3, metavar=("ENGINE", "CONFIG", "OUT"), help=argparse.SUPPRESS)
+    ap.add_argument("--config", default=CONFIG, help="the sweep TOML (default %(default)s)")
+    ap.add_argument("--order", default="before,after",
+                    help="the measurements, in order, each 'before' or 'after' (comma-separated)")
+    ap.add_argument("--timeout", type=float, default=3600, help="seconds one measurement may take")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="passed to fedlr sweep (e.g. federation.enroll_timeout_s=3000 on a loaded machine)")
+    args = ap.parse_args()
+    if args.measure:
+        return measure(*args.measure, args.overrides)
+    order = args.order.split(",")
+    if set(order) - set(ENGINES) or "after" not in order:
+        raise SystemExit(f"--order: a comma-separated list of {sorted(ENGINES)} with 'after', not {args.order!r}")
+    os.chdir(ROOT)
+    report = Report("sweep_overhead", "benchmarks/sweep_overhead.py " + " ".join(sys.argv[1:]))
+    shown = "".join(f" --set {o}" for o in args.overrides)
+    config = str(Path(args.config).resolve())
+    report.line(f"sweep: {args.config}{shown}; each measurement in a fresh process")
+    fixed: dict[str, list[float]] = {engine: [] for engine in ENGINES}
+    for engine in order:
+        out = tempfile.mkdtemp(prefix=f"fedlr-sweep-overhead-{engine}-")
+        date = time.strftime("%Y-%m-%d %H:%M:%S")
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--measure", engine, config, out,
+               *(x for o in args.overrides for x in ("--set", o))]
+        result = in_fresh_process(cmd, args.timeout)
+        shutil.rmtree(out, ignore_errors=True)
+        if isinstance(result, str):
+            raise SystemExit(f"the {engine} sweep {result}")
+        fixed[engine].append(section(report, engine, {**result, "date": date}))
+        report.save()  # what is measured so far, should a later measurement not finish
+    for engine, values in fixed.items():
+        if values:
+            report.line(f"{engine}: fixed cost per run after the first {sum(values) / len(values):.2f} s "
+                        f"(mean of {len(values)}: {', '.join(f'{v:.2f}' for v in values)})")
+    report.line(f"{LAST_LINE} {sum(fixed['after']) / len(fixed['after']):.2f} s")
     report.save()
 
 
