@@ -71,13 +71,6 @@ def _wait_for(condition, what: str, timeout_s: float = 600, every_s: float = 0.2
         time.sleep(every_s)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "passed 3 of 4 runs (load average 9-15 on 2 cores, 15-23 min each); the failure: `flwr run --stream` of "
-    "`fedlr deploy resume` returned while the resumed Flower run was still running (round 2 of 3 in the "
-    "ledger), after the SuperLink's first launch of its ServerApp had missed its claim deadline (the late "
-    "process got 401 'Runtime task-token authentication failed' and Flower launched another), so resume "
-    "reported the run unfinished (exit 1). submit now waits for the run's end after the stream "
-    "(submission.wait_until_finished, unit-tested); this test has not been rerun since."))
 def test_a_superlink_killed_mid_run_comes_back_and_the_run_finishes(tmp_path, capsys):
     exp = load_experiment(TINY, ["method.name='fedit'", "federation.num_clients=2", "federation.clients_per_round=2",
                                  "federation.num_rounds=3", "federation.round_timeout_s=300",
