@@ -1,11 +1,12 @@
-"""``fedlr.metrics`` against straightforward independent implementations (scikit-learn is not
-installed here): accuracy, balanced accuracy (mean recall over the classes present), macro-F1
+"""``fedlr.metrics`` against scikit-learn's metrics on random labels and logits, and against
+straightforward independent implementations: accuracy, balanced accuracy (mean recall over the classes present), macro-F1
 (over the classes in the truth or the predictions, as scikit-learn's default), ROC AUC by the
 Mann–Whitney pair count (ties count ½) — on random labels and logits with many ties and classes
 that never appear — and scikit-learn's documented values; and the majority-class baseline's
 closed form against the metrics of a constant prediction."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -77,6 +78,33 @@ def test_metrics_match_the_reference_implementations(case):
         assert got.roc_auc is None
     else:
         assert got.roc_auc == pytest.approx(want["roc_auc"], abs=1e-12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(labels_and_logits())
+def test_metrics_match_scikit_learn(case):
+    """scikit-learn's accuracy, balanced accuracy (mean recall over the classes in the truth), macro-F1
+    (over the classes in the truth or the predictions) and ROC AUC (binary on the logit margin; with
+    more classes one-vs-rest on the softmax, averaged over the classes present, as fedlr documents)."""
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, roc_auc_score
+
+    labels, logits = case
+    got = classification_metrics(labels, logits)
+    z = np.asarray(logits, dtype=np.float64)
+    pred = np.argmax(z, axis=1)  # the first maximum wins, as in fedlr
+    y = np.asarray(labels)
+    assert got.accuracy == pytest.approx(accuracy_score(y, pred), abs=1e-12)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "y_pred contains classes not in y_true": the documented case
+        assert got.balanced_accuracy == pytest.approx(balanced_accuracy_score(y, pred), abs=1e-12)
+    assert got.macro_f1 == pytest.approx(f1_score(y, pred, average="macro"), abs=1e-12)
+    k = z.shape[1]
+    columns = [(y == 1, z[:, 1] - z[:, 0])] if k == 2 else [(y == c, reference_softmax(z)[:, c]) for c in range(k)]
+    aucs = [roc_auc_score(truth, score) for truth, score in columns if 0 < truth.sum() < len(truth)]
+    if not aucs:
+        assert got.roc_auc is None
+    else:
+        assert got.roc_auc == pytest.approx(sum(aucs) / len(aucs), abs=1e-12)
 
 
 def test_scikit_learn_documented_values():
