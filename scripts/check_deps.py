@@ -94,7 +94,9 @@ def undeclared_imports(imports: dict[str, str], declared: set[str], local: set[s
     for module, where in sorted(imports.items()):
         if module in sys.stdlib_module_names or module in local:
             continue
-        dists = providers.get(module, [])
+        # once each: a distribution also vendored elsewhere on sys.path is listed twice (after
+        # `import ray`, psutil from site-packages and from ray/thirdparty_files)
+        dists = sorted(set(providers.get(module, [])))
         if not any(canonicalize_name(d) in declared for d in dists):
             by = f"distribution {', '.join(dists)}" if dists else "no installed distribution"
             problems.append(f"{module} (imported at {where}; {by}) is not declared in pyproject.toml")

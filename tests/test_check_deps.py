@@ -33,6 +33,14 @@ def test_an_undeclared_import_is_reported(tmp_path):
     assert check_deps.undeclared_imports(imports, {"psutil"}, local={"pkg"}) == []
 
 
+def test_a_distribution_found_twice_on_the_path_is_named_once(monkeypatch):
+    """``import ray`` puts ray/thirdparty_files (a psutil of its own) on sys.path, and
+    packages_distributions then lists psutil twice; the message names it once."""
+    monkeypatch.setattr(check_deps.metadata, "packages_distributions", lambda: {"psutil": ["psutil", "psutil"]})
+    [problem] = check_deps.undeclared_imports({"psutil": "pkg/mod.py:2"}, {"torch"}, local=set())
+    assert problem == "psutil (imported at pkg/mod.py:2; distribution psutil) is not declared in pyproject.toml"
+
+
 def test_a_requested_extra_declares_what_it_adds():
     declared = check_deps.declared_distributions([Requirement("flwr[simulation]")])
     assert {"flwr", "ray"} <= declared
