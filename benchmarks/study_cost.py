@@ -31,8 +31,8 @@ import time
 import tomllib
 from pathlib import Path
 
-from common import ROOT, Report, in_fresh_process, print_result
-from sweep_overhead import ENGINES, run_costs, sweep_in_this_process, uptime
+from common import ROOT, Report, in_fresh_process
+from sweep_overhead import ENGINES, measure
 
 from fedlr.config import toml_value
 
@@ -54,16 +54,6 @@ def cut_study(study: Path, runs: int, out: Path) -> Path:
               if key not in ("mode", "name")]
     out.write_text(text[:text.index("\n[sweep]") + 1] + "\n".join(lines) + "\n")
     return out
-
-
-def measure(engine: str, config: str, out: str, overrides: list[str]) -> None:
-    """In a fresh process: the cut study on ``engine``, then each run's wall time."""
-    uptime_before = uptime()
-    started = time.time()
-    code = sweep_in_this_process(engine, config, [f'output.dir="{out}"', *overrides])
-    total = time.time() - started
-    print_result({"exit": code, "total_s": total, "uptime_before": uptime_before, "uptime_after": uptime(),
-                  "runs": run_costs(Path(out) / Path(config).stem, started)})
 
 
 def main() -> None:
