@@ -110,6 +110,39 @@ def close(a, b, atol=1e-5):
     return torch.allclose(a, b, atol=atol, rtol=1e-4)
 
 
+def assert_same_gradients(ref, other, batch) -> None:
+    """The loss's gradients in training mode (dropout on, same seed) agree."""
+    for model in (ref.model, other.model):
+        model.train()
+        torch.manual_seed(11)
+        model.zero_grad()
+        model(**batch).loss.backward()
+    for a, b in zip(ref.trainable_parameters(), other.trainable_parameters()):
+        assert a.grad is not None and close(a.grad, b.grad)
+
+
+def assert_same_updates(exp, ref, other, data, dp: bool) -> None:
+    """Three local steps (DP-SGD with ``dp``) from the same state and seeds move ``ref`` and
+    ``other`` alike, and away from where they started."""
+    start = ref.trained_state()
+    for adapted in (ref, other):
+        named = adapted.parameters_by_name()
+        head = [named[k] for k in adapted.head_keys]
+        cfg = exp.train.model_copy(update={"local_steps": 3, "batch_size": 8})
+        torch.manual_seed(12)
+        if dp:
+            settings = DPSGDSettings(noise_multiplier=0.5, max_grad_norm=0.1, sample_rate=8 / len(data),
+                                     per_tensor_clipping=adapted.spec.per_tensor_clipping)
+            dp_local_train(adapted.model, adapted.trainable_parameters(), head, data, cfg, settings,
+                           torch.Generator().manual_seed(1), torch.Generator().manual_seed(2), torch.device("cpu"))
+        else:
+            local_train(adapted.model, adapted.trainable_parameters(), head, data, cfg,
+                        torch.Generator().manual_seed(1), torch.device("cpu"))
+    after_ref, after_other = ref.trained_state(), other.trained_state()
+    assert any(not torch.equal(after_ref[k], start[k]) for k in start)
+    assert all(close(after_ref[k], after_other[k]) for k in start)
+
+
 @pytest.mark.parametrize("method", CACHED_METHODS)
 def test_cached_logits_gradients_and_updates_equal_the_uncached_path(method):
     exp, ref, cached, cache = pair(method)
@@ -121,41 +154,15 @@ def test_cached_logits_gradients_and_updates_equal_the_uncached_path(method):
     assert close(cached.model(**batch).logits, want) and (cache.misses, cache.hits) == (8, 8)  # from the store
     wider = data.batch(list(range(8)), width=24)  # same examples, more padding: still hits
     assert close(cached.model(**wider).logits, want) and cache.hits == 16
-    for model in (ref.model, cached.model):  # gradients in training mode, dropout on above block 1
-        model.train()
-        torch.manual_seed(11)
-        model.zero_grad()
-        model(**batch).loss.backward()
-    for a, b in zip(ref.trainable_parameters(), cached.trainable_parameters()):
-        assert a.grad is not None and close(a.grad, b.grad)
-    start = ref.trained_state()
-    for adapted in (ref, cached):
-        named = adapted.parameters_by_name()
-        torch.manual_seed(12)
-        local_train(adapted.model, adapted.trainable_parameters(), [named[k] for k in adapted.head_keys], data,
-                    exp.train.model_copy(update={"local_steps": 3, "batch_size": 8}), torch.Generator().manual_seed(1),
-                    torch.device("cpu"))
-    after_ref, after_cached = ref.trained_state(), cached.trained_state()
-    assert any(not torch.equal(after_ref[k], start[k]) for k in start)
-    assert all(close(after_ref[k], after_cached[k]) for k in start)
+    assert_same_gradients(ref, cached, batch)  # dropout on above block 1
+    assert_same_updates(exp, ref, cached, data, dp=False)
 
 
 @pytest.mark.parametrize("method", CACHED_METHODS)
 def test_cached_dp_sgd_updates_equal_the_uncached_path(method):
     exp, ref, cached, cache = pair(method)
     data = examples()
-    start = ref.trained_state()
-    for adapted in (ref, cached):
-        named = adapted.parameters_by_name()
-        dp = DPSGDSettings(noise_multiplier=0.5, max_grad_norm=0.1, sample_rate=8 / len(data),
-                           per_tensor_clipping=adapted.spec.per_tensor_clipping)
-        torch.manual_seed(12)
-        dp_local_train(adapted.model, adapted.trainable_parameters(), [named[k] for k in adapted.head_keys], data,
-                       exp.train.model_copy(update={"local_steps": 3, "batch_size": 8}), dp,
-                       torch.Generator().manual_seed(1), torch.Generator().manual_seed(2), torch.device("cpu"))
-    after_ref, after_cached = ref.trained_state(), cached.trained_state()
-    assert any(not torch.equal(after_ref[k], start[k]) for k in start)
-    assert all(close(after_ref[k], after_cached[k]) for k in start)
+    assert_same_updates(exp, ref, cached, data, dp=True)
     assert cache.misses >= 1
 
 

@@ -14,6 +14,7 @@ from fedlr.config import ConfigError, Experiment
 from fedlr.methods import MethodSpec, get_method
 from fedlr.models import head_modules, load_base_model, model_skeleton
 from fedlr.models.blocks import block_of, block_stack, check_layers
+from fedlr.models.readout import trim_readout
 from fedlr.tasks import get_task
 
 
@@ -115,6 +116,8 @@ def build_adapted_model(exp: Experiment, num_labels: int, *, meta: bool = False,
             once.append(name)
         elif spec.is_broadcast(name):
             broadcast.append(name)
+    if not meta:
+        trim_readout(model)  # a BERT classifier's last block at the pooled position only (fedlr.models.readout)
     return AdaptedModel(model, spec, trained, once, head, broadcast, exp.method.rank if spec.adapter else None,
                         get_task(exp.model.task))
 
