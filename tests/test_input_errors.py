@@ -81,8 +81,9 @@ def test_no_network_is_found_out_within_the_probe_timeout(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", refused)
     assert "cannot be reached (Connection refused)" in hub.hub_unreachable(("HF_HUB_OFFLINE",))
 
-    def hangs(*args, **kwargs):
+    def hangs(*args, **kwargs):  # then times out as a real connection would (the probe thread outlives the test)
         time.sleep(30)
+        raise OSError(110, "Connection timed out")
 
     monkeypatch.setattr(socket, "create_connection", hangs)
     monkeypatch.setattr(hub, "PROBE_TIMEOUT_S", 0.5)
